@@ -1,0 +1,148 @@
+"""Bake an adapter into the base model's own weights: a plain checkpoint, no masteer needed.
+
+Steering neurons are rows of the host MLP's form, so baking is concatenation: their gate/up (or
+fc) rows are appended to the input projections and their scaled directions to the output
+projection's columns. ``intermediate_size`` is global in a transformers config, so every layer
+grows by the same K; layers with fewer neurons get zero neurons, which contribute exactly zero
+(act(0) * 0 = 0 for gated hosts, act(0 + 0) = 0 for plain ones). Always-on vectors become the MLP
+output bias where the host has (or can switch on) one; elsewhere baking refuses and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .artifact import ADDITIVE, NEURON, SteeringAdapter
+from .atomic import atomic_directory
+from .errors import LoweringError
+from .hosts import GATED, HostLayout, decoder_layers, host_layout, intermediate_size, mlp_module
+
+
+def _neuron_rows(adapter: SteeringAdapter, layer: int, width: int, hidden: int, scale: float):
+    """Rows for one layer, zero-padded to ``width`` neurons: (gate, up_or_bias, down [H, width])."""
+    gate = torch.zeros(width, hidden)
+    second = torch.zeros(width, hidden) if adapter.host_form == GATED else torch.zeros(width)
+    down = torch.zeros(hidden, width)
+    block = adapter.block(layer, NEURON)
+    if block is not None:
+        k = block["gate"].shape[0]
+        gate[:k] = block["gate"]
+        second[:k] = block["up" if adapter.host_form == GATED else "bias"]
+        down[:, :k] = (block["direction"] * adapter.strengths(layer, NEURON)[:, None] * scale).T
+    return gate, second, down
+
+
+def _grow_linear(old: nn.Linear, extra_weight: torch.Tensor, dim: int, extra_bias: torch.Tensor | None = None):
+    """A new nn.Linear with ``extra_weight`` appended along ``dim`` (0: more outputs, 1: more inputs)."""
+    weight = torch.cat([old.weight.data, extra_weight.to(old.weight)], dim=dim)
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=old.bias is not None,
+                    device=weight.device, dtype=weight.dtype)
+    new.weight.data.copy_(weight)
+    if old.bias is not None:
+        bias = old.bias.data if dim == 1 else torch.cat([old.bias.data, (extra_bias if extra_bias is not None
+                                                         else torch.zeros(extra_weight.shape[0])).to(old.bias)])
+        new.bias.data.copy_(bias)
+    return new
+
+
+def _grow_conv1d(old: nn.Module, extra_weight: torch.Tensor, dim: int, extra_bias: torch.Tensor | None = None):
+    """GPT-2's Conv1D stores weight as [in, out]; ``dim`` here is in that orientation."""
+    from transformers.pytorch_utils import Conv1D
+    weight = torch.cat([old.weight.data, extra_weight.to(old.weight)], dim=dim)
+    new = Conv1D(weight.shape[1], weight.shape[0]).to(device=weight.device, dtype=weight.dtype)
+    new.weight.data.copy_(weight)
+    bias = old.bias.data if dim == 0 else torch.cat([old.bias.data, extra_bias.to(old.bias)])
+    new.bias.data.copy_(bias)
+    return new
+
+
+def _additive_vector(adapter: SteeringAdapter, layer: int, scale: float) -> torch.Tensor | None:
+    block = adapter.block(layer, ADDITIVE)
+    if block is None:
+        return None
+    return (block["direction"] * adapter.strengths(layer, ADDITIVE)[:, None]).sum(0) * scale
+
+
+def _enable_mlp_bias(model: nn.Module, layout: HostLayout, additive_layers: list[int], adapter) -> None:
+    """Switch on the host's MLP biases (all zero) so always-on vectors have a bias to live in."""
+    if not additive_layers:
+        return
+    out_proj = getattr(mlp_module(model, 0), layout.out_proj)
+    if out_proj.bias is not None:
+        return
+    if layout.output_bias_config is None:
+        names = [s.name for s in adapter.strategies if s.kind == ADDITIVE]
+        raise LoweringError(
+            f"always-on strategies {names} cannot be baked exactly into a {model.config.model_type} "
+            f"checkpoint: its MLP has no output bias and its config has no switch for one. "
+            f"Keep them as a masteer adapter.")
+    for block in decoder_layers(model):
+        mlp = getattr(block, layout.mlp_attr)
+        for proj_name in (*layout.in_projs, layout.out_proj):
+            proj = getattr(mlp, proj_name)
+            proj.bias = nn.Parameter(torch.zeros(proj.weight.shape[0], dtype=proj.weight.dtype,
+                                                 device=proj.weight.device))
+    setattr(model.config, layout.output_bias_config, True)
+
+
+@torch.no_grad()
+def merge_into_model(model: nn.Module, adapter: SteeringAdapter, scale: float = 1.0) -> nn.Module:
+    """Widen the model's MLPs in place so its plain forward computes base + steering."""
+    layout = host_layout(model)
+    hidden = model.config.hidden_size
+    width = max((len(adapter.layer_strategies(l, NEURON)) for l in adapter.layers), default=0)
+    additive_layers = [l for l in adapter.layers if adapter.block(l, ADDITIVE) is not None]
+    _enable_mlp_bias(model, layout, additive_layers, adapter)
+    for layer, block in enumerate(decoder_layers(model)):
+        mlp = getattr(block, layout.mlp_attr)
+        if width:
+            gate, second, down = _neuron_rows(adapter, layer, width, hidden, scale)
+            if layout.form == GATED:
+                gate_name, up_name = layout.in_projs
+                setattr(mlp, gate_name, _grow_linear(getattr(mlp, gate_name), gate, dim=0))
+                setattr(mlp, up_name, _grow_linear(getattr(mlp, up_name), second, dim=0))
+            elif layout.conv1d:
+                setattr(mlp, layout.in_projs[0], _grow_conv1d(getattr(mlp, layout.in_projs[0]), gate.T, 1, second))
+            else:
+                setattr(mlp, layout.in_projs[0], _grow_linear(getattr(mlp, layout.in_projs[0]), gate, 0, second))
+            grow = _grow_conv1d if layout.conv1d else _grow_linear
+            setattr(mlp, layout.out_proj, grow(getattr(mlp, layout.out_proj),
+                                               down.T if layout.conv1d else down, 0 if layout.conv1d else 1))
+            if hasattr(mlp, "intermediate_size"):
+                mlp.intermediate_size = int(mlp.intermediate_size) + width
+        vector = _additive_vector(adapter, layer, scale)
+        if vector is not None:
+            getattr(mlp, layout.out_proj).bias.data += vector.to(getattr(mlp, layout.out_proj).bias)
+    if width:
+        setattr(model.config, layout.intermediate_attr, intermediate_size(model) + width)
+    return model
+
+
+def save_baked(model: nn.Module, path: str | os.PathLike, tokenizer=None, adapter: SteeringAdapter | None = None,
+               card: str | None = None) -> Path:
+    """Write a merged model as an ordinary transformers checkpoint folder, atomically."""
+    from .modelcard import baked_card
+    path = Path(path)
+    with atomic_directory(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if adapter is not None:
+            (tmp / "masteer_program.json").write_text(json.dumps(adapter.config_dict(), indent=2) + "\n")
+        (tmp / "README.md").write_text(card if card is not None else baked_card(model, adapter))
+    return path
+
+
+def bake(model: nn.Module, adapter: SteeringAdapter | str | os.PathLike, path: str | os.PathLike,
+         tokenizer=None, scale: float = 1.0, check_fingerprint: bool = True) -> Path:
+    """Attach, merge and save in one call; ``model`` is modified in place."""
+    from .attach import attach
+    steered = attach(model, adapter, check_fingerprint=check_fingerprint)
+    steered.set_scale(scale)
+    merged = steered.merge_and_unload()
+    return save_baked(merged, path, tokenizer=tokenizer, adapter=steered.adapter)

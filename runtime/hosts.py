@@ -1,0 +1,106 @@
+"""Where a transformers decoder keeps its MLPs, and which form they take.
+
+masteer compiles a strategy into extra neurons *of the host's own MLP form*, so that baking is
+plain concatenation. This table is the only place that knows module names per architecture; a new
+host is one more ``HostLayout`` row.
+
+- gated: ``down(act(gate(x)) * up(x))`` (Llama, Qwen2, Mistral, Gemma, SmolLM);
+- plain: ``down(act(fc(x) + b))`` (GPT-2, GPT-NeoX).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import HostNotSupported
+
+GATED = "gated"
+PLAIN = "plain"
+
+
+@dataclass(frozen=True)
+class HostLayout:
+    form: str                 # GATED or PLAIN
+    layers_path: str          # dotted path from the CausalLM to the list of decoder blocks
+    mlp_attr: str             # attribute of a block holding the MLP module
+    act_attr: str             # attribute of the MLP holding its activation module
+    in_projs: tuple[str, ...] # gated: (gate, up); plain: (fc,)
+    out_proj: str             # down / proj
+    intermediate_attr: str    # config field holding the MLP width
+    conv1d: bool = False      # GPT-2 style Conv1D (weight stored [in, out])
+    output_bias_config: str | None = None  # config flag that adds biases to the MLP (Llama's mlp_bias)
+
+
+_LLAMA_LIKE = HostLayout(GATED, "model.layers", "mlp", "act_fn", ("gate_proj", "up_proj"), "down_proj",
+                         "intermediate_size")
+
+LAYOUTS: dict[str, HostLayout] = {
+    "llama": HostLayout(GATED, "model.layers", "mlp", "act_fn", ("gate_proj", "up_proj"), "down_proj",
+                        "intermediate_size", output_bias_config="mlp_bias"),
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    "smollm3": _LLAMA_LIKE,
+    "gpt2": HostLayout(PLAIN, "transformer.h", "mlp", "act", ("c_fc",), "c_proj", "n_inner", conv1d=True),
+    "gpt_neox": HostLayout(PLAIN, "gpt_neox.layers", "mlp", "act", ("dense_h_to_4h",), "dense_4h_to_h",
+                           "intermediate_size"),
+}
+
+
+def host_layout(model: nn.Module) -> HostLayout:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in LAYOUTS:
+        known = ", ".join(sorted(LAYOUTS))
+        raise HostNotSupported(
+            f"model_type {model_type!r} ({type(model).__name__}) has no known MLP layout; "
+            f"supported: {known}")
+    return LAYOUTS[model_type]
+
+
+def _get_path(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return _get_path(model, host_layout(model).layers_path)
+
+
+def num_layers(model: nn.Module) -> int:
+    return len(decoder_layers(model))
+
+
+def mlp_module(model: nn.Module, layer: int) -> nn.Module:
+    layers = decoder_layers(model)
+    if not 0 <= layer < len(layers):
+        raise HostNotSupported(f"layer {layer} is out of range: the model has {len(layers)} layers")
+    return getattr(layers[layer], host_layout(model).mlp_attr)
+
+
+def mlp_activation(model: nn.Module, layer: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The host's own activation module, so steering neurons compute exactly what baked ones will."""
+    return getattr(mlp_module(model, layer), host_layout(model).act_attr)
+
+
+def activation_name(model: nn.Module) -> str:
+    cfg = model.config
+    for field in ("hidden_act", "activation_function", "hidden_activation"):
+        value = getattr(cfg, field, None)
+        if isinstance(value, str):
+            return value
+    return type(mlp_activation(model)).__name__
+
+
+def intermediate_size(model: nn.Module) -> int:
+    layout = host_layout(model)
+    value = getattr(model.config, layout.intermediate_attr, None)
+    if value is None and layout.intermediate_attr == "n_inner":  # GPT-2 leaves n_inner unset: 4 * width
+        value = 4 * model.config.hidden_size
+    return int(value)

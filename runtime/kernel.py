@@ -1,0 +1,59 @@
+"""The steering-neuron kernel: the host MLP's own arithmetic on K extra rows.
+
+For all K neuron strategies of a layer at once (no Python loop over strategies or tokens)::
+
+    gated host:  z = act(x @ G.T) * (x @ U.T)        plain host:  z = act(x @ G.T + b)
+    delta = z @ (strength[:, None] * D) + sum_a strength_a * v_a
+
+``x`` is the MLP input. The delta is added to the MLP output, which is exactly what the baked
+checkpoint computes with its widened MLP. Everything is stateless per token, so padding, batching
+and the KV cache need no special handling.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .artifact import ADDITIVE, NEURON, SteeringAdapter
+from .hosts import GATED
+
+
+class LayerSteering(nn.Module):
+    """All strategies of one layer; ``scale`` multiplies every strength (a global dial)."""
+
+    def __init__(self, adapter: SteeringAdapter, layer: int, act: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.layer = layer
+        self.gated = adapter.host_form == GATED
+        self.act = act
+        self.scale = 1.0
+        self.enabled = True
+        neurons = adapter.block(layer, NEURON)
+        self.has_neurons = neurons is not None
+        if neurons is not None:
+            self.register_buffer("gate", neurons["gate"].clone())
+            self.register_buffer("up" if self.gated else "bias", neurons["up" if self.gated else "bias"].clone())
+            self.register_buffer("down", (neurons["direction"] * adapter.strengths(layer, NEURON)[:, None]).clone())
+        additive = adapter.block(layer, ADDITIVE)
+        self.has_additive = additive is not None
+        if additive is not None:
+            self.register_buffer("vector", (additive["direction"] * adapter.strengths(layer, ADDITIVE)[:, None]).sum(0))
+
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-token neuron outputs ``z`` [..., K]: how strongly each strategy fires."""
+        pre = F.linear(x, self.gate.to(x.dtype))
+        if self.gated:
+            return self.act(pre) * F.linear(x, self.up.to(x.dtype))
+        return self.act(pre + self.bias.to(x.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        delta = torch.zeros((), dtype=x.dtype, device=x.device)
+        if self.has_neurons:
+            delta = F.linear(self.activations(x), self.down.T.to(x.dtype))
+        if self.has_additive:
+            delta = delta + self.vector.to(x.dtype)
+        return delta * self.scale

@@ -1,0 +1,65 @@
+"""Hub model cards for adapters and baked checkpoints (YAML front matter + a readable body)."""
+
+from __future__ import annotations
+
+import json
+
+from .artifact import SteeringAdapter
+
+
+def _front_matter(fields: dict) -> str:
+    # JSON scalars and lists are valid YAML, so no YAML writer is needed.
+    lines = ["---"] + [f"{key}: {json.dumps(value)}" for key, value in fields.items() if value not in (None, [], {})]
+    return "\n".join(lines + ["---", ""])
+
+
+def _strategy_table(adapter: SteeringAdapter) -> str:
+    rows = ["| layer | strategy | issue | algorithm | lowering | strength |", "|---|---|---|---|---|---|"]
+    for s in sorted(adapter.strategies, key=lambda s: (s.layer, s.name)):
+        rows.append(f"| {s.layer} | {s.name} | {s.issue} | {s.algorithm} | {s.kind} | {s.strength:g} |")
+    return "\n".join(rows)
+
+
+def _metrics_table(metrics: dict) -> str:
+    table = metrics.get("table")
+    if not table:
+        return ""
+    columns = list(table[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in table:
+        lines.append("| " + " | ".join(str(row[c]) for c in columns) + " |")
+    note = metrics.get("note", "")
+    return "## Measured\n\n" + "\n".join(lines) + (f"\n\n{note}" if note else "") + "\n\n"
+
+
+def adapter_card(adapter: SteeringAdapter) -> str:
+    issues = sorted({s.issue for s in adapter.strategies if s.issue})
+    front = _front_matter({
+        "base_model": adapter.base_model_name_or_path,
+        "library_name": "masteer",
+        "tags": ["masteer", "steering", "representation-engineering", *issues],
+    })
+    return (f"{front}\n# masteer steering adapter\n\n"
+            f"A gating steering adapter for `{adapter.base_model_name_or_path}` compiled by masteer: "
+            f"{len(adapter.strategies)} strateg{'y' if len(adapter.strategies) == 1 else 'ies'} on "
+            f"layer(s) {', '.join(map(str, adapter.layers))}, each an extra MLP neuron (or an always-on "
+            f"vector) in the host's own MLP form.\n\n{_strategy_table(adapter)}\n\n"
+            f"{_metrics_table(adapter.metrics)}"
+            "## Use\n\n```python\nfrom transformers import AutoModelForCausalLM\n"
+            "from masteer.runtime import SteeredModel\n\n"
+            f"model = AutoModelForCausalLM.from_pretrained({adapter.base_model_name_or_path!r})\n"
+            "steered = SteeredModel.from_pretrained(model, 'path/to/this/adapter')\n```\n\n"
+            f"Provenance: `{json.dumps(adapter.provenance)}`\n")
+
+
+def baked_card(model, adapter: SteeringAdapter | None) -> str:
+    base = adapter.base_model_name_or_path if adapter else getattr(model.config, "_name_or_path", "")
+    front = _front_matter({"base_model": base, "library_name": "transformers",
+                           "tags": ["masteer", "steering", "baked"]})
+    body = (f"{front}\n# Baked masteer checkpoint\n\nThe base model `{base}` with a masteer steering program "
+            "merged into its MLP weights. It loads with plain `transformers` "
+            "(`AutoModelForCausalLM.from_pretrained`), and so with vLLM and other engines: no masteer code "
+            "is needed. The program it holds is in `masteer_program.json`.\n\n")
+    if adapter is not None:
+        body += _strategy_table(adapter) + "\n\n" + _metrics_table(adapter.metrics)
+    return body
