@@ -1,0 +1,117 @@
+"""The sample set: the first typed stage output (JSONL), editable by hand before compiling.
+
+Each sample is a prompt with, where it has them, a desired (``positive``) and an undesired
+(``negative``) completion, a label saying whether the issue applies (``target``) or steering must
+stay silent (``neutral``), and the split it belongs to. Splits are fixed when the set is built, so
+evaluation prompts are never seen by any fitting step: ``train`` fits directions and gates,
+``val`` chooses layers, ``test`` is only ever generated from for the before/after table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from masteer.runtime.atomic import atomic_write_text
+from masteer.runtime.errors import MasteerError
+
+TARGET = "target"
+NEUTRAL = "neutral"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    prompt: str
+    label: str                    # TARGET or NEUTRAL
+    split: str                    # train | val | test
+    positive: str | None = None   # the desired completion (e.g. a refusal)
+    negative: str | None = None   # the undesired completion (e.g. compliance)
+    source: str = ""              # where the prompt came from (dataset and item id)
+    group: str = ""               # evaluation group, e.g. "harmful", "benign-edgy"
+
+    @property
+    def has_pair(self) -> bool:
+        return self.positive is not None and self.negative is not None
+
+
+@dataclass
+class SampleSet:
+    issue: str
+    recipe: str
+    samples: list[Sample] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def select(self, split: str | None = None, label: str | None = None, group: str | None = None,
+               paired: bool | None = None) -> list[Sample]:
+        return [s for s in self.samples
+                if (split is None or s.split == split) and (label is None or s.label == label)
+                and (group is None or s.group == group) and (paired is None or s.has_pair == paired)]
+
+    @property
+    def content_hash(self) -> str:
+        digest = hashlib.sha256()
+        for s in self.samples:
+            digest.update(json.dumps(asdict(s), sort_keys=True).encode())
+        return digest.hexdigest()[:16]
+
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for s in self.samples:
+            key = f"{s.split}/{s.label}/{s.group or '-'}"
+            counts[key] = counts.get(key, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """JSONL: a header line with issue/recipe/meta, then one line per sample; written atomically."""
+        header = json.dumps({"masteer_samples": 1, "issue": self.issue, "recipe": self.recipe, "meta": self.meta})
+        return atomic_write_text(path, "".join([header + "\n"] + [json.dumps(asdict(s)) + "\n" for s in self.samples]))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SampleSet":
+        path = Path(path)
+        if not path.is_file():
+            raise MasteerError(f"sample file {path} does not exist")
+        lines = path.read_text().splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else {}
+        except json.JSONDecodeError as exc:
+            raise MasteerError(f"{path}:1: not JSON: {exc}") from None
+        if "masteer_samples" not in header:
+            raise MasteerError(f"{path}:1: missing the masteer_samples header line")
+        samples = []
+        for number, line in enumerate(lines[1:], start=2):
+            if not line.strip():
+                continue
+            try:
+                samples.append(_sample_from_dict(json.loads(line)))
+            except (json.JSONDecodeError, TypeError, ValueError) as exc:
+                raise MasteerError(f"{path}:{number}: bad sample: {exc}") from None
+        return cls(issue=header.get("issue", ""), recipe=header.get("recipe", ""), samples=samples,
+                   meta=header.get("meta", {}))
+
+
+def _sample_from_dict(data: dict) -> Sample:
+    sample = Sample(**data)
+    if sample.label not in (TARGET, NEUTRAL):
+        raise ValueError(f"label must be {TARGET!r} or {NEUTRAL!r}, got {sample.label!r}")
+    if sample.split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {sample.split!r}")
+    if not isinstance(sample.prompt, str) or not sample.prompt.strip():
+        raise ValueError("prompt must be a non-empty string")
+    return sample
+
+
+def dedupe(samples: Iterable[Sample]) -> list[Sample]:
+    seen, out = set(), []
+    for s in samples:
+        key = s.prompt.strip().lower()
+        if key not in seen:
+            seen.add(key)
+            out.append(s)
+    return out
