@@ -1,11 +1,14 @@
 """Activation capture: one batched, padding-aware pass over (prompt, completion) sequences.
 
 Everything later stages need is recorded in the same pass, at every candidate layer:
-- the residual stream after the layer, averaged over completion tokens (directions, CAA-style);
+- the residual stream after the layer at three positions: averaged over completion tokens
+  (CAA-style directions), at the last prompt token, and at the last token of the sequence (what
+  repeng and steering-vectors read by default);
 - the MLP input (what a steering neuron's gate sees) at the last prompt token;
-- the MLP input at every *gate position*: the last few prompt tokens (the chat template's
-  assistant header) and every completion token, so that gates are fitted per token, the way they
-  run during generation.
+- the MLP input at every token, tagged by kind: prompt body (system prompt and user text), prompt
+  tail (the last few prompt tokens: the chat template's assistant header) and completion. Gates run
+  on every token of the forward pass, so they must be fitted per token, and a gate must learn to
+  stay silent on the body of a neutral prompt too, not only on its last tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from masteer.runtime.hosts import mlp_module
 
 PROMPT_TAIL = 0
 COMPLETION = 1
+PROMPT_BODY = 2
+RESIDUAL_POSITIONS = ("completion_mean", "last_prompt", "last_token")
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
@@ -58,16 +63,29 @@ class Activations:
     """Captured activations, indexed by sequence and by candidate layer (``layers`` order)."""
     layers: tuple[int, ...]
     resid_completion_mean: torch.Tensor  # [N, L, H]; zeros where a sequence has no completion
+    resid_last_prompt: torch.Tensor      # [N, L, H] at the last prompt token
+    resid_last_token: torch.Tensor       # [N, L, H] at the last token of prompt + completion
     mlp_in_last_prompt: torch.Tensor     # [N, L, H]
-    mlp_in_tokens: torch.Tensor          # [T, L, H] at gate positions
-    token_sequence: torch.Tensor         # [T] index of the sequence each gate position belongs to
-    token_kind: torch.Tensor             # [T] PROMPT_TAIL or COMPLETION
+    mlp_in_tokens: torch.Tensor          # [T, L, H] at every non-padding token
+    token_sequence: torch.Tensor         # [T] index of the sequence each token belongs to
+    token_kind: torch.Tensor             # [T] PROMPT_BODY, PROMPT_TAIL or COMPLETION
     meta: dict = field(default_factory=dict)
 
     def layer_index(self, layer: int) -> int:
+        if layer not in self.layers:
+            raise KeyError(f"layer {layer} was not captured; captured layers: {list(self.layers)}")
         return self.layers.index(layer)
 
-    def tokens_of(self, sequences: Sequence[int], layer: int, kinds: tuple[int, ...] = (PROMPT_TAIL, COMPLETION)):
+    def residual(self, position: str, sequences: Sequence[int], layer: int) -> torch.Tensor:
+        """Residual-stream vectors [len(sequences), H] at ``position`` (one of ``RESIDUAL_POSITIONS``)."""
+        if position not in RESIDUAL_POSITIONS:
+            raise KeyError(f"unknown residual position {position!r}; known: {', '.join(RESIDUAL_POSITIONS)}")
+        table = {"completion_mean": self.resid_completion_mean, "last_prompt": self.resid_last_prompt,
+                 "last_token": self.resid_last_token}[position]
+        return table[list(sequences), self.layer_index(layer)]
+
+    def tokens_of(self, sequences: Sequence[int], layer: int,
+                  kinds: tuple[int, ...] = (PROMPT_BODY, PROMPT_TAIL, COMPLETION)) -> torch.Tensor:
         keep = torch.isin(self.token_sequence, torch.as_tensor(list(sequences), dtype=torch.long))
         keep &= torch.isin(self.token_kind, torch.as_tensor(kinds, dtype=torch.long))
         return self.mlp_in_tokens[keep, self.layer_index(layer)]
@@ -81,7 +99,7 @@ def capture(model, tokenizer, items: Sequence[tuple[str, str | None]], layers: S
     device = next(model.parameters()).device
     encoded = [(encode_prompt(tokenizer, p), encode_completion(tokenizer, c)[:max_completion_tokens])
                for p, c in items]
-    resid_mean, last_prompt, tokens, owners, kinds = [], [], [], [], []
+    resid_mean, last_prompt, resid_prompt, resid_last, tokens, owners, kinds = [], [], [], [], [], [], []
     mlp_inputs: dict[int, torch.Tensor] = {}
     hooks = [mlp_module(model, layer).register_forward_pre_hook(
         lambda module, args, layer=layer: mlp_inputs.__setitem__(layer, args[0].detach()))
@@ -105,20 +123,26 @@ def capture(model, tokenizer, items: Sequence[tuple[str, str | None]], layers: S
                 if n_completion:
                     resid_mean.append((i, resid[row, end_prompt:].mean(0)))
                 last_prompt.append((i, mlp_in[row, end_prompt - 1]))
-                tail = mlp_in[row, max(pad, end_prompt - tail_tokens):end_prompt]
-                tokens.extend([tail, mlp_in[row, end_prompt:]])
-                owners.extend([torch.full((len(tail),), i), torch.full((n_completion,), i)])
-                kinds.extend([torch.full((len(tail),), PROMPT_TAIL), torch.full((n_completion,), COMPLETION)])
+                resid_prompt.append((i, resid[row, end_prompt - 1]))
+                resid_last.append((i, resid[row, -1]))
+                start_tail = max(pad, end_prompt - tail_tokens)
+                for begin, end, kind in ((pad, start_tail, PROMPT_BODY), (start_tail, end_prompt, PROMPT_TAIL),
+                                         (end_prompt, width, COMPLETION)):
+                    tokens.append(mlp_in[row, begin:end])
+                    owners.append(torch.full((end - begin,), i))
+                    kinds.append(torch.full((end - begin,), kind))
     finally:
         for hook in hooks:
             hook.remove()
     n, hidden = len(encoded), model.config.hidden_size
-    resid_completion = torch.zeros(n, len(layers), hidden)
-    for i, value in resid_mean:
-        resid_completion[i] = value
-    last = torch.zeros(n, len(layers), hidden)
-    for i, value in last_prompt:
-        last[i] = value
-    return Activations(layers=layers, resid_completion_mean=resid_completion, mlp_in_last_prompt=last,
+
+    def table(rows):
+        out = torch.zeros(n, len(layers), hidden)
+        for i, value in rows:
+            out[i] = value
+        return out
+
+    return Activations(layers=layers, resid_completion_mean=table(resid_mean), resid_last_prompt=table(resid_prompt),
+                       resid_last_token=table(resid_last), mlp_in_last_prompt=table(last_prompt),
                        mlp_in_tokens=torch.cat(tokens), token_sequence=torch.cat(owners).long(),
                        token_kind=torch.cat(kinds).long(), meta={"tail_tokens": tail_tokens})

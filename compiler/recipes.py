@@ -11,7 +11,6 @@ import importlib.resources
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from masteer.runtime.errors import MasteerError
 

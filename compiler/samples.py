@@ -67,10 +67,14 @@ class SampleSet:
             counts[key] = counts.get(key, 0) + 1
         return dict(sorted(counts.items()))
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """JSONL: a header line with issue/recipe/meta, then one line per sample; written atomically."""
+    def to_jsonl(self) -> str:
+        """A header line with issue/recipe/meta, then one line per sample."""
         header = json.dumps({"masteer_samples": 1, "issue": self.issue, "recipe": self.recipe, "meta": self.meta})
-        return atomic_write_text(path, "".join([header + "\n"] + [json.dumps(asdict(s)) + "\n" for s in self.samples]))
+        return "".join([header + "\n"] + [json.dumps(asdict(s)) + "\n" for s in self.samples])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Written atomically: a reader never sees half a sample set."""
+        return atomic_write_text(path, self.to_jsonl())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SampleSet":

@@ -196,8 +196,13 @@ class SteeringAdapter:
             raise AdapterFormatError(f"{where}: tensors {extra} belong to no strategy in the config")
 
     # ----------------------------------------------------------------- disk
-    def save(self, path: str | os.PathLike, card: str | None = None) -> Path:
-        """Write the folder atomically; an interrupted save leaves nothing behind."""
+    def save(self, path: str | os.PathLike, card: str | None = None,
+             extra_files: dict[str, str] | None = None) -> Path:
+        """Write the folder atomically; an interrupted save leaves nothing behind.
+
+        ``extra_files`` (name -> text) go into the same folder in the same rename, so a compile's
+        samples and report can never disagree with the adapter beside them.
+        """
         from .modelcard import adapter_card
         self.validate()
         path = Path(path)
@@ -206,6 +211,10 @@ class SteeringAdapter:
             save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp / WEIGHTS_NAME),
                       metadata={"format": "pt", "masteer_format_version": str(self.format_version)})
             (tmp / CARD_NAME).write_text(card if card is not None else adapter_card(self))
+            for name, text in (extra_files or {}).items():
+                if name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME) or Path(name).name != name:
+                    raise AdapterFormatError(f"extra file name {name!r} is reserved or not a plain file name")
+                (tmp / name).write_text(text)
         return path
 
     @classmethod

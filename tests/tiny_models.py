@@ -144,3 +144,47 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def logits(model, inputs: dict) -> torch.Tensor:
     return model(**inputs).logits.float()
+
+
+# ----------------------------------------------------------------------------- tokenizer
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+BYTE_SPECIALS = ("<pad>", "<|im_start|>", "<|im_end|>")
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer (one token per byte, no merges) with a ChatML template, built offline.
+
+    Enough to run the whole compile on a tiny random model: every text round-trips, prompts are
+    chat-formatted as with a real instruct model, and the vocabulary is 259 ids.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: i for i, token in enumerate(BYTE_SPECIALS)}
+    vocab.update({ch: len(BYTE_SPECIALS) + i for i, ch in enumerate(alphabet)})
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<|im_end|>",
+                                        additional_special_tokens=["<|im_start|>"])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def tiny_chat_model(kind: str = "llama", seed: int = 0):
+    """A tiny random model whose vocabulary fits :func:`byte_tokenizer`."""
+    from transformers import AutoModelForCausalLM
+    config = tiny_config(kind)
+    config.vocab_size = 264
+    config.pad_token_id, config.eos_token_id = 0, 2
+    for field in ("max_position_embeddings", "n_positions"):  # byte tokens make long sequences
+        if hasattr(config, field):
+            setattr(config, field, 2048)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.config.architectures = [type(model).__name__]
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model.float().eval()

