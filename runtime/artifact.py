@@ -3,14 +3,29 @@
 Folder layout (PEFT conventions, no pickle anywhere)::
 
     adapter_config.json         format version, base model, fingerprint, host form,
-                                per-layer strategies, provenance, headline metrics
-    adapter_model.safetensors   tensors named ``layers.{L}.{kind}.{part}``
+                                per-layer strategies ("layers"), adapter-wide strategies ("global"),
+                                provenance, headline metrics
+    adapter_model.safetensors   tensors named ``layers.{L}.{kind}.{part}``, plus ``ablation.direction``
     README.md                   Hub model card with front matter
 
 Strategies of one layer and one kind share a tensor block; a strategy's row in that block is its
 position among the layer's strategies of the same kind, so the config alone says which row is whose.
 Loading validates everything a reader would otherwise trip over later: an unknown format version,
-missing or extra tensors, wrong shapes, NaN, a truncated weights file.
+missing or extra tensors, wrong shapes, NaN, non-unit directions, a truncated weights file.
+
+Strategy kinds, and what ``strength`` means for each (``SteeredModel.set_scale`` multiplies it):
+
+- ``neuron``   (per layer) a gated steering neuron; strength scales its direction. Bakes by concatenation.
+- ``additive`` (per layer) ``strength * direction`` added to the MLP output. Bakes to an MLP output bias.
+- ``rotation`` (per layer) angle-preserving steering at the decoder layer's output: each token's hidden
+  state is turned toward the unit direction by ``strength`` radians, its norm kept. No exact linear
+  lowering: adapter only. Tensor ``layers.{L}.rotation.direction`` [K, H], unit rows, applied in row order.
+- ``ablation`` (adapter-wide, at most one per adapter) directional ablation: the K orthonormal rows of
+  ``ablation.direction`` [K, H] are projected out of every write into the residual stream,
+  ``x <- x - strength * (x R^T) R`` (strength 1 removes the component, 0 keeps it). It lives in the
+  config's ``"global"`` list, not under a layer. Bakes by weight orthogonalisation.
+
+Format version 2 added ``rotation``, ``ablation`` and the ``"global"`` list; version-1 folders still load.
 """
 
 from __future__ import annotations
@@ -32,21 +47,27 @@ from .fingerprint import Fingerprint
 from .hosts import GATED, PLAIN
 
 FORMAT_NAME = "masteer-adapter"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this runtime reads, and the one it writes
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 CARD_NAME = "README.md"
 
 NEURON = "neuron"      # a gated steering neuron: fires where its anchor says, bakes by concatenation
 ADDITIVE = "additive"  # an always-on vector added to the MLP output (static steering)
-KINDS = (NEURON, ADDITIVE)
+ROTATION = "rotation"  # angle-preserving steering at a decoder layer's output (adapter only)
+ABLATION = "ablation"  # directional ablation on every residual write (adapter-wide; bakes by orthogonalisation)
+LAYER_KINDS = (NEURON, ADDITIVE, ROTATION)  # live under a layer in the config
+GLOBAL_KINDS = (ABLATION,)                  # live in the config's "global" list, layer None
+KINDS = LAYER_KINDS + GLOBAL_KINDS
+ABLATION_TENSOR = "ablation.direction"
+UNIT_TOL = 1e-4  # how far a stored direction may be from unit length (or orthogonality), float32 rounding
 
 
 @dataclass
 class StrategySpec:
     """One compiled strategy: what it is for and how it is lowered; its tensors live in the block."""
     name: str
-    layer: int
+    layer: int | None  # None for adapter-wide kinds (ablation)
     kind: str
     strength: float
     issue: str = ""
@@ -63,7 +84,7 @@ def tensor_name(layer: int, kind: str, part: str) -> str:
 
 
 def _parts(kind: str, host_form: str) -> tuple[str, ...]:
-    if kind == ADDITIVE:
+    if kind in (ADDITIVE, ROTATION):
         return ("direction",)
     return ("gate", "up" if host_form == GATED else "bias", "direction")
 
@@ -102,6 +123,71 @@ class SteeringAdapter:
         return self._append(layer, ADDITIVE, name, {"direction": direction}, strength, issue, algorithm,
                             metadata)
 
+    def add_rotation(self, layer: int, name: str, *, direction: torch.Tensor, angle: float | None = None,
+                     degrees: float | None = None, normalize: bool = False, issue: str = "", algorithm: str = "",
+                     metadata: dict | None = None) -> StrategySpec:
+        """Append an angle-preserving rotation at the output of decoder layer ``layer``.
+
+        Each token's hidden state ``h`` is turned by ``angle`` radians (or ``degrees``; give exactly one)
+        toward the unit ``direction`` ``d`` inside the plane spanned by ``d`` and ``h``'s component
+        orthogonal to ``d``; ``|h|`` is kept. A token already closer to ``d`` than the angle ends exactly
+        on ``d`` (no overshoot); a negative angle turns away from ``d``, at most to ``-d``. The stored
+        strength is the angle in radians. ``normalize=True`` rescales ``direction`` to unit length;
+        otherwise a non-unit direction is an error. Rotations have no exact linear lowering: an adapter
+        holding one cannot be baked.
+        """
+        if (angle is None) == (degrees is None):
+            raise AdapterFormatError(f"strategy {name!r}: give exactly one of `angle` (radians) and `degrees`")
+        radians = float(angle) if angle is not None else math.radians(float(degrees))
+        row = self._direction_rows(direction, name, normalize, orthonormal=False)
+        if row.shape[0] != 1:
+            raise AdapterFormatError(f"strategy {name!r}: a rotation has one direction of shape "
+                                     f"[{self.fingerprint.hidden_size}], got {tuple(direction.shape)}")
+        return self._append(layer, ROTATION, name, {"direction": row[0]}, radians, issue, algorithm, metadata)
+
+    def add_ablation(self, name: str, *, direction: torch.Tensor, strength: float = 1.0, normalize: bool = False,
+                     issue: str = "", algorithm: str = "", metadata: dict | None = None) -> StrategySpec:
+        """Set the adapter's directional ablation: ``direction`` [H] or [K, H] orthonormal rows ``R``.
+
+        At every write into the residual stream (embeddings, attention outputs, MLP outputs, the MLP's
+        steering deltas included) the runtime computes ``x <- x - strength * (x R^T) R``; strength 1 (the
+        default) removes the directions completely. It is adapter-wide, so an adapter holds at most one
+        ablation strategy; put several directions into one [K, H] tensor. ``normalize=True``
+        orthonormalises the rows (QR, each row keeps its orientation); otherwise rows that are not
+        orthonormal are an error.
+        """
+        current = self.ablation_strategy
+        if current is not None:
+            raise AdapterFormatError(f"strategy {name!r}: this adapter already has the ablation strategy "
+                                     f"{current.name!r}; an adapter holds at most one ablation direction set "
+                                     f"(put all K directions into one [K, H] tensor)")
+        if any(s.name == name for s in self.strategies):
+            raise AdapterFormatError(f"a strategy named {name!r} already exists in this adapter")
+        rows = self._direction_rows(direction, name, normalize, orthonormal=True)
+        self.tensors[ABLATION_TENSOR] = rows
+        spec = StrategySpec(name=name, layer=None, kind=ABLATION, strength=float(strength), issue=issue,
+                            algorithm=algorithm, metadata=dict(metadata or {}))
+        self.strategies.append(spec)
+        return spec
+
+    def _direction_rows(self, direction: torch.Tensor, name: str, normalize: bool, orthonormal: bool) -> torch.Tensor:
+        rows = torch.as_tensor(direction).detach().to(torch.float32).cpu()
+        rows = rows[None] if rows.ndim == 1 else rows
+        hidden = self.fingerprint.hidden_size
+        if rows.ndim != 2 or rows.shape[1] != hidden or rows.shape[0] < 1:
+            raise AdapterFormatError(f"strategy {name!r}: direction has shape {tuple(direction.shape)}, expected "
+                                     f"[{hidden}]" + (f" or [K, {hidden}]" if orthonormal else ""))
+        if not torch.isfinite(rows).all():
+            raise AdapterFormatError(f"strategy {name!r}: direction holds NaN/Inf values")
+        if normalize:
+            if (rows.norm(dim=-1) == 0).any():
+                raise AdapterFormatError(f"strategy {name!r}: a zero direction has no orientation to normalise")
+            rows = orthonormal_rows(rows, name) if orthonormal else rows / rows.norm(dim=-1, keepdim=True)
+        problem = direction_problem(rows, orthonormal)
+        if problem:
+            raise AdapterFormatError(f"strategy {name!r}: {problem} (pass normalize=True to fix it)")
+        return rows
+
     def _append(self, layer, kind, name, rows, strength, issue, algorithm, metadata) -> StrategySpec:
         if any(s.name == name for s in self.strategies):
             raise AdapterFormatError(f"a strategy named {name!r} already exists in this adapter")
@@ -118,7 +204,21 @@ class SteeringAdapter:
     # ----------------------------------------------------------------- views
     @property
     def layers(self) -> list[int]:
-        return sorted({s.layer for s in self.strategies})
+        """Layers with per-layer strategies (neuron, additive, rotation); ablation is on no single layer."""
+        return sorted({s.layer for s in self.strategies if s.layer is not None})
+
+    @property
+    def ablation_strategy(self) -> StrategySpec | None:
+        found = [s for s in self.strategies if s.kind == ABLATION]
+        return found[0] if found else None
+
+    @property
+    def ablation_directions(self) -> torch.Tensor | None:
+        """The orthonormal rows [K, H] projected out of the residual stream, or None."""
+        return self.tensors[ABLATION_TENSOR] if self.ablation_strategy is not None else None
+
+    def strategies_of_kind(self, kind: str) -> list[StrategySpec]:
+        return [s for s in self.strategies if s.kind == kind]
 
     def layer_strategies(self, layer: int, kind: str) -> list[StrategySpec]:
         return [s for s in self.strategies if s.layer == layer and s.kind == kind]
@@ -141,11 +241,17 @@ class SteeringAdapter:
     def config_dict(self) -> dict:
         from . import __version__
         layers: dict[str, list] = {}
-        for spec in sorted(self.strategies, key=lambda s: s.layer):
+        for spec in sorted((s for s in self.strategies if s.layer is not None), key=lambda s: s.layer):
             layers.setdefault(str(spec.layer), []).append(spec.to_dict())
+        extra = {}
+        global_specs = [s.to_dict() for s in self.strategies if s.layer is None]
+        if global_specs:
+            extra["global"] = global_specs
+        # Version 2 features need a version-2 reader, even in an adapter first loaded from a version-1 folder.
+        needs_v2 = bool(global_specs) or any(s.kind not in (NEURON, ADDITIVE) for s in self.strategies)
         return {
             "format": FORMAT_NAME,
-            "format_version": self.format_version,
+            "format_version": max(self.format_version, 2) if needs_v2 else self.format_version,
             "peft_type": "MASTEER",
             "masteer_version": __version__,
             "base_model_name_or_path": self.base_model_name_or_path,
@@ -153,6 +259,7 @@ class SteeringAdapter:
             "host": {"form": self.host_form, "activation": self.activation,
                      "model_type": self.fingerprint.model_type},
             "layers": layers,
+            **extra,
             "provenance": self.provenance,
             "metrics": self.metrics,
         }
@@ -163,17 +270,46 @@ class SteeringAdapter:
             raise AdapterFormatError(f"{where}: host form {self.host_form!r} is neither 'gated' nor 'plain'")
         hidden = self.fingerprint.hidden_size
         expected: set[str] = set()
+        names = [s.name for s in self.strategies]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise AdapterFormatError(f"{where}: strategy names {dupes} occur more than once")
         for spec in self.strategies:
             if spec.kind not in KINDS:
                 raise AdapterFormatError(f"{where}: strategy {spec.name!r} has unknown kind {spec.kind!r}; "
                                          f"known: {', '.join(KINDS)}")
-            if not 0 <= spec.layer < self.fingerprint.num_layers:
+            if spec.kind in GLOBAL_KINDS:
+                if spec.layer is not None:
+                    raise AdapterFormatError(f"{where}: strategy {spec.name!r} of kind {spec.kind!r} is "
+                                             f"adapter-wide: it belongs in the config's \"global\" list, "
+                                             f"not on layer {spec.layer}")
+            elif spec.layer is None:
+                raise AdapterFormatError(f"{where}: strategy {spec.name!r} of kind {spec.kind!r} needs a layer "
+                                         f"(only {', '.join(GLOBAL_KINDS)} go in the \"global\" list)")
+            elif not 0 <= spec.layer < self.fingerprint.num_layers:
                 raise AdapterFormatError(f"{where}: strategy {spec.name!r} is on layer {spec.layer}, but the "
                                          f"base model has {self.fingerprint.num_layers} layers")
             if not math.isfinite(spec.strength):
                 raise AdapterFormatError(f"{where}: strategy {spec.name!r} has strength {spec.strength}")
+        ablations = self.strategies_of_kind(ABLATION)
+        if len(ablations) > 1:
+            raise AdapterFormatError(f"{where}: ablation strategies {[s.name for s in ablations]}: an adapter "
+                                     f"holds at most one ablation direction set")
+        if ablations:
+            expected.add(ABLATION_TENSOR)
+            tensor = self.tensors.get(ABLATION_TENSOR)
+            if tensor is None:
+                raise AdapterFormatError(f"{where}: tensor {ABLATION_TENSOR!r} is missing (ablation strategy "
+                                         f"{ablations[0].name!r})")
+            if tensor.ndim != 2 or tensor.shape[1] != hidden or not 1 <= tensor.shape[0] <= hidden:
+                raise AdapterFormatError(f"{where}: tensor {ABLATION_TENSOR!r} has shape {tuple(tensor.shape)}, "
+                                         f"expected (K, {hidden}) with 1 <= K <= {hidden}")
+            _check_finite(tensor, ABLATION_TENSOR, where)
+            problem = direction_problem(tensor, orthonormal=True)
+            if problem:
+                raise AdapterFormatError(f"{where}: tensor {ABLATION_TENSOR!r}: {problem}")
         for layer in self.layers:
-            for kind in KINDS:
+            for kind in LAYER_KINDS:
                 count = len(self.layer_strategies(layer, kind))
                 if not count:
                     continue
@@ -188,9 +324,11 @@ class SteeringAdapter:
                     if tuple(tensor.shape) != shape:
                         raise AdapterFormatError(f"{where}: tensor {key!r} has shape {tuple(tensor.shape)}, "
                                                  f"expected {shape}")
-                    if not torch.isfinite(tensor).all():
-                        bad = int((~torch.isfinite(tensor)).sum())
-                        raise AdapterFormatError(f"{where}: tensor {key!r} holds {bad} NaN/Inf value(s)")
+                    _check_finite(tensor, key, where)
+                    if kind == ROTATION:
+                        problem = direction_problem(tensor, orthonormal=False)
+                        if problem:
+                            raise AdapterFormatError(f"{where}: tensor {key!r}: {problem}")
         extra = sorted(set(self.tensors) - expected)
         if extra:
             raise AdapterFormatError(f"{where}: tensors {extra} belong to no strategy in the config")
@@ -253,11 +391,13 @@ class SteeringAdapter:
         try:
             fingerprint = Fingerprint.from_dict(config["fingerprint"])
             host = config["host"]
+            placed = [(int(layer), s) for layer, specs in config["layers"].items() for s in specs]
+            placed += [(None, s) for s in config.get("global", [])]
             strategies = [
-                StrategySpec(name=s["name"], layer=int(layer), kind=s["kind"], strength=float(s["strength"]),
+                StrategySpec(name=s["name"], layer=layer, kind=s["kind"], strength=float(s["strength"]),
                              issue=s.get("issue", ""), algorithm=s.get("algorithm", ""),
                              metadata=s.get("metadata", {}))
-                for layer, specs in config["layers"].items() for s in specs
+                for layer, s in placed
             ]
             return cls(base_model_name_or_path=config.get("base_model_name_or_path", ""),
                        fingerprint=fingerprint, host_form=host["form"], activation=host.get("activation", ""),
@@ -267,3 +407,39 @@ class SteeringAdapter:
             raise AdapterFormatError(f"{where}: required field {exc.args[0]!r} is missing") from None
         except (TypeError, ValueError, AttributeError) as exc:
             raise AdapterFormatError(f"{where}: malformed field: {exc}") from None
+
+
+# --------------------------------------------------------------------------- direction checks
+def _check_finite(tensor: torch.Tensor, key: str, where: str) -> None:
+    if not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise AdapterFormatError(f"{where}: tensor {key!r} holds {bad} NaN/Inf value(s)")
+
+
+def direction_problem(rows: torch.Tensor, orthonormal: bool, tol: float = UNIT_TOL) -> str | None:
+    """Why ``rows`` [K, H] are not unit (and, if ``orthonormal``, mutually orthogonal) directions, or None."""
+    rows = rows.double()
+    if not torch.isfinite(rows).all():
+        return "directions hold NaN/Inf values"
+    norms = rows.norm(dim=-1)
+    worst = int((norms - 1).abs().argmax())
+    if not abs(float(norms[worst]) - 1) <= tol:
+        return (f"direction row {worst} has norm {float(norms[worst]):.6g}, expected a unit vector "
+                f"(tolerance {tol:g})")
+    if orthonormal and rows.shape[0] > 1:
+        gram = rows @ rows.T - torch.eye(rows.shape[0], dtype=rows.dtype)
+        i, j = divmod(int(gram.abs().argmax()), rows.shape[0])
+        if not abs(float(gram[i, j])) <= tol:
+            return (f"direction rows {i} and {j} are not orthogonal (dot product {float(gram[i, j] + (i == j)):.6g}); "
+                    f"ablation directions must be orthonormal")
+    return None
+
+
+def orthonormal_rows(rows: torch.Tensor, name: str = "") -> torch.Tensor:
+    """Gram-Schmidt (via QR, in float64) of ``rows`` [K, H]; row k keeps its orientation in span(rows[:k+1])."""
+    q, r = torch.linalg.qr(rows.double().T)  # q [H, K]
+    diag = torch.diagonal(r)
+    if (diag.abs() <= 1e-8 * rows.double().norm(dim=-1).max()).any():
+        raise AdapterFormatError(f"strategy {name!r}: the {rows.shape[0]} direction rows are linearly dependent; "
+                                 f"they cannot be orthonormalised")
+    return (q * torch.sign(diag)).T.contiguous().to(torch.float32)

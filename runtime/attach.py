@@ -1,8 +1,21 @@
 """Attach an adapter to a live transformers model, PEFT-style.
 
-A forward hook on each chosen MLP adds the steering delta to that MLP's output. Hooks (rather
-than swapped modules) leave the base model's modules and state dict untouched, so detaching
-restores the model exactly, and the model keeps working with ``generate``, padding and the KV cache.
+Forward hooks, one per place a strategy kind acts:
+
+- neuron / additive: on each chosen MLP, adding the steering delta to the MLP's output;
+- ablation: on every write into the residual stream (embeddings, attention output projections, MLPs),
+  projecting the directions out. On an MLP this runs after the steering delta is added, so the
+  projection sees the MLP's output as a whole (what the orthogonalised, widened down_proj computes);
+- rotation: on the chosen decoder layers, rotating their output hidden state.
+
+Hooks (rather than swapped modules) leave the base model's modules and state dict untouched, so
+detaching restores the model exactly, and the model keeps working with ``generate``, padding and the
+KV cache. Every kind is stateless per token.
+
+Controls: ``set_scale``/``scaled`` multiply every strategy's strength: a neuron's or additive vector's
+size, a rotation's angle, and the ablation coefficient (``x - scale * strength * (x R^T) R``: 0 leaves the
+directions in, 1 removes them). ``bake(scale=s)`` lowers exactly what the adapter computes at scale
+``s``. ``disable_adapter`` turns every kind off.
 """
 
 from __future__ import annotations
@@ -14,11 +27,13 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .artifact import SteeringAdapter
+from .ablation import Ablation, ablation_sites, check_ablation_host
+from .artifact import ADDITIVE, NEURON, ROTATION, SteeringAdapter
 from .errors import FingerprintMismatch, HostNotSupported
 from .fingerprint import model_fingerprint
-from .hosts import host_layout, mlp_activation, mlp_module, num_layers
+from .hosts import decoder_layers, host_layout, mlp_activation, mlp_module, num_layers
 from .kernel import LayerSteering
+from .rotation import LayerRotation, rotate_layer_output
 
 
 def check_compatible(model: nn.Module, adapter: SteeringAdapter) -> None:
@@ -35,8 +50,14 @@ def check_compatible(model: nn.Module, adapter: SteeringAdapter) -> None:
             "Load the base model the adapter was compiled for "
             f"({adapter.base_model_name_or_path or 'see adapter_config.json'}), "
             "or pass check_fingerprint=False if you know better.")
+    _check_host(model, adapter)
+
+
+def _check_host(model: nn.Module, adapter: SteeringAdapter) -> None:
     if adapter.layers and max(adapter.layers) >= num_layers(model):
         raise HostNotSupported(f"adapter uses layer {max(adapter.layers)}, model has {num_layers(model)}")
+    if adapter.ablation_strategy is not None:
+        check_ablation_host(model)
 
 
 class SteeredModel(nn.Module):
@@ -48,25 +69,68 @@ class SteeredModel(nn.Module):
             check_compatible(model, adapter)
         else:
             host_layout(model)
+            _check_host(model, adapter)
         self.base_model = model
         self.adapter = adapter
         device = next(model.parameters()).device
         self.steering = nn.ModuleDict({
             str(layer): LayerSteering(adapter, layer, mlp_activation(model, layer)).to(device)
             for layer in adapter.layers
+            if adapter.block(layer, NEURON) is not None or adapter.block(layer, ADDITIVE) is not None
         })
-        self._handles = [
-            mlp_module(model, layer).register_forward_hook(self._hook(self.steering[str(layer)]))
-            for layer in adapter.layers
-        ]
+        self.rotation = nn.ModuleDict({
+            str(layer): LayerRotation(adapter, layer).to(device)
+            for layer in adapter.layers if adapter.block(layer, ROTATION) is not None
+        })
+        spec = adapter.ablation_strategy
+        self.ablation = Ablation(adapter.ablation_directions, spec.strength).to(device) if spec else None
+        self._handles = []
+        try:
+            self._register_hooks()
+        except BaseException:
+            self.detach()
+            raise
+
+    def _register_hooks(self) -> None:
+        model = self.base_model
+        mlp_layers = set(map(int, self.steering))
+        if self.ablation is not None:
+            for site in ablation_sites(model):
+                if site.role != "mlp":  # MLP sites share the MLP hook below, after the steering delta
+                    self._handles.append(site.hook.register_forward_hook(self._ablation_hook(self.ablation)))
+            mlp_layers = set(range(num_layers(model)))
+        for layer in sorted(mlp_layers):
+            hook = self._mlp_hook(self.steering[str(layer)] if str(layer) in self.steering else None, self.ablation)
+            self._handles.append(mlp_module(model, layer).register_forward_hook(hook))
+        layers = decoder_layers(model)
+        for key, rotation in self.rotation.items():
+            self._handles.append(layers[int(key)].register_forward_hook(self._rotation_hook(rotation)))
 
     @staticmethod
-    def _hook(steering: LayerSteering):
-        def add_delta(module, args, output):
-            if not steering.enabled:
-                return output
-            return output + steering(args[0])
-        return add_delta
+    def _mlp_hook(steering: LayerSteering | None, ablation: Ablation | None):
+        def steer_mlp(module, args, output):
+            if steering is not None and steering.enabled:
+                output = output + steering(args[0])
+            if ablation is not None:  # after the delta: the MLP's output is projected as a whole
+                output = ablation(output)
+            return output
+        return steer_mlp
+
+    @staticmethod
+    def _ablation_hook(ablation: Ablation):
+        def project(module, args, output):
+            return ablation(output)
+        return project
+
+    @staticmethod
+    def _rotation_hook(rotation: LayerRotation):
+        def rotate(module, args, output):
+            return rotate_layer_output(rotation, output)
+        return rotate
+
+    def _controls(self) -> list[nn.Module]:
+        """Every module with a ``scale`` and an ``enabled`` switch."""
+        return [*self.steering.values(), *self.rotation.values(), *([self.ablation] if self.ablation else [])]
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, adapter_path: str | os.PathLike,
@@ -92,31 +156,35 @@ class SteeredModel(nn.Module):
         return bool(self._handles)
 
     def set_scale(self, scale: float) -> None:
-        """Multiply every strategy's strength by ``scale`` (0 turns steering off, 1 is as compiled)."""
-        for steering in self.steering.values():
-            steering.scale = float(scale)
+        """Multiply every strategy's strength by ``scale`` (0 turns steering off, 1 is as compiled).
+
+        Neurons and additive vectors: their size; rotations: their angle; ablation: the fraction of the
+        directions' component removed from each residual write (at 2 the component is reflected).
+        """
+        for control in self._controls():
+            control.scale = float(scale)
 
     @contextlib.contextmanager
     def scaled(self, scale: float) -> Iterator["SteeredModel"]:
-        previous = {k: s.scale for k, s in self.steering.items()}
+        previous = [(c, c.scale) for c in self._controls()]
         self.set_scale(scale)
         try:
             yield self
         finally:
-            for key, value in previous.items():
-                self.steering[key].scale = value
+            for control, value in previous:
+                control.scale = value
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[nn.Module]:
         """Run the base model as if no adapter were attached (PEFT's name for it)."""
-        previous = {k: s.enabled for k, s in self.steering.items()}
-        for steering in self.steering.values():
-            steering.enabled = False
+        previous = [(c, c.enabled) for c in self._controls()]
+        for control, _ in previous:
+            control.enabled = False
         try:
             yield self.base_model
         finally:
-            for key, value in previous.items():
-                self.steering[key].enabled = value
+            for control, value in previous:
+                control.enabled = value
 
     @torch.no_grad()
     def gate_activations(self, **inputs) -> dict[int, torch.Tensor]:
@@ -144,13 +212,17 @@ class SteeredModel(nn.Module):
         return self.base_model
 
     def merge_and_unload(self) -> nn.Module:
-        """Detach and return the base model with the program baked into its weights (in place)."""
-        from .bake import merge_into_model
-        scale = {int(k): s.scale for k, s in self.steering.items()}
-        if len(set(scale.values())) > 1:
-            raise ValueError("layers have different scales; set one scale before merging")
+        """Detach and return the base model with the program baked into its weights (in place).
+
+        Raises LoweringError (and stays attached) when a strategy has no exact lowering, e.g. a rotation.
+        """
+        from .bake import check_lowerable, merge_into_model
+        scales = {c.scale for c in self._controls()}
+        if len(scales) > 1:
+            raise ValueError("strategies have different scales; set one scale before merging")
+        check_lowerable(self.base_model, self.adapter)
         model = self.detach()
-        return merge_into_model(model, self.adapter, scale=next(iter(scale.values()), 1.0))
+        return merge_into_model(model, self.adapter, scale=next(iter(scales), 1.0))
 
 
 def attach(model: nn.Module, adapter: SteeringAdapter | str | os.PathLike,

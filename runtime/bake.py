@@ -6,6 +6,15 @@ projection's columns. ``intermediate_size`` is global in a transformers config, 
 grows by the same K; layers with fewer neurons get zero neurons, which contribute exactly zero
 (act(0) * 0 = 0 for gated hosts, act(0 + 0) = 0 for plain ones). Always-on vectors become the MLP
 output bias where the host has (or can switch on) one; elsewhere baking refuses and says why.
+
+Directional ablation is lowered last, by weight orthogonalisation of every residual writer (see
+``ablation.py``): after the MLPs are widened and their biases hold the always-on vectors, so the
+steering columns and vectors are projected too, exactly as the runtime projects the MLP's output
+after adding the steering delta. A tied LM head is untied first (``tie_word_embeddings`` becomes
+false and the head keeps the original embedding), because the runtime never projects the LM head.
+
+Rotations have no exact linear lowering: baking an adapter that holds one raises LoweringError
+naming the strategies, before any weight is touched.
 """
 
 from __future__ import annotations
@@ -17,10 +26,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .artifact import ADDITIVE, NEURON, SteeringAdapter
+from .ablation import check_ablation_host, orthogonalise_model
+from .artifact import ADDITIVE, NEURON, ROTATION, SteeringAdapter
 from .atomic import atomic_directory
 from .errors import LoweringError
 from .hosts import GATED, HostLayout, decoder_layers, host_layout, intermediate_size, mlp_module
+
+
+def check_lowerable(model: nn.Module, adapter: SteeringAdapter) -> None:
+    """Raise LoweringError (or HostNotSupported) if ``adapter`` cannot be baked exactly into ``model``."""
+    rotations = [s.name for s in adapter.strategies_of_kind(ROTATION)]
+    if rotations:
+        raise LoweringError(
+            f"rotation strategies {rotations} (angle-preserving steering) have no exact linear lowering: "
+            f"a baked checkpoint cannot express them. Keep them as a masteer adapter, or leave them out of "
+            f"the program to bake the rest.")
+    if adapter.ablation_strategy is not None:
+        check_ablation_host(model)
 
 
 def _neuron_rows(adapter: SteeringAdapter, layer: int, width: int, hidden: int, scale: float):
@@ -92,7 +114,9 @@ def _enable_mlp_bias(model: nn.Module, layout: HostLayout, additive_layers: list
 
 @torch.no_grad()
 def merge_into_model(model: nn.Module, adapter: SteeringAdapter, scale: float = 1.0) -> nn.Module:
-    """Widen the model's MLPs in place so its plain forward computes base + steering."""
+    """Widen the model's MLPs (and orthogonalise its residual writers) in place so its plain forward
+    computes base + steering."""
+    check_lowerable(model, adapter)
     layout = host_layout(model)
     hidden = model.config.hidden_size
     width = max((len(adapter.layer_strategies(l, NEURON)) for l in adapter.layers), default=0)
@@ -120,6 +144,9 @@ def merge_into_model(model: nn.Module, adapter: SteeringAdapter, scale: float = 
             getattr(mlp, layout.out_proj).bias.data += vector.to(getattr(mlp, layout.out_proj).bias)
     if width:
         setattr(model.config, layout.intermediate_attr, intermediate_size(model) + width)
+    ablation = adapter.ablation_strategy
+    if ablation is not None:
+        orthogonalise_model(model, adapter.ablation_directions, ablation.strength * scale)
     return model
 
 
@@ -144,5 +171,9 @@ def bake(model: nn.Module, adapter: SteeringAdapter | str | os.PathLike, path: s
     from .attach import attach
     steered = attach(model, adapter, check_fingerprint=check_fingerprint)
     steered.set_scale(scale)
-    merged = steered.merge_and_unload()
+    try:
+        merged = steered.merge_and_unload()
+    except BaseException:
+        steered.detach()  # a refused bake leaves the caller's model as it was: no hooks
+        raise
     return save_baked(merged, path, tokenizer=tokenizer, adapter=steered.adapter)

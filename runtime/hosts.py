@@ -6,6 +6,12 @@ host is one more ``HostLayout`` row.
 
 - gated: ``down(act(gate(x)) * up(x))`` (Llama, Qwen2, Mistral, Gemma, SmolLM);
 - plain: ``down(act(fc(x) + b))`` (GPT-2, GPT-NeoX).
+
+Directional ablation needs every module that *writes into the residual stream*: the embeddings
+(token, and learned positions where the host has them), each attention output projection and each
+MLP. The table names those too, and says where a host normalises a sublayer's output before adding
+it to the residual (Gemma-2): there the residual cannot be kept free of a direction by editing the
+writers' weights, so ablation is refused on such hosts.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ class HostLayout:
     intermediate_attr: str    # config field holding the MLP width
     conv1d: bool = False      # GPT-2 style Conv1D (weight stored [in, out])
     output_bias_config: str | None = None  # config flag that adds biases to the MLP (Llama's mlp_bias)
+    attn_attr: str = "self_attn"          # attribute of a block holding the attention module
+    attn_out_proj: str = "o_proj"         # attention output projection (same storage layout as the MLP's)
+    extra_embeddings: tuple[str, ...] = ()  # dotted paths of embeddings added to the token embedding
+    sublayer_output_norm: bool = False    # a norm sits between a sublayer's output and the residual add
 
 
 _LLAMA_LIKE = HostLayout(GATED, "model.layers", "mlp", "act_fn", ("gate_proj", "up_proj"), "down_proj",
@@ -45,11 +55,13 @@ LAYOUTS: dict[str, HostLayout] = {
     "qwen3": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
+    "gemma2": HostLayout(GATED, "model.layers", "mlp", "act_fn", ("gate_proj", "up_proj"), "down_proj",
+                         "intermediate_size", sublayer_output_norm=True),
     "smollm3": _LLAMA_LIKE,
-    "gpt2": HostLayout(PLAIN, "transformer.h", "mlp", "act", ("c_fc",), "c_proj", "n_inner", conv1d=True),
+    "gpt2": HostLayout(PLAIN, "transformer.h", "mlp", "act", ("c_fc",), "c_proj", "n_inner", conv1d=True,
+                       attn_attr="attn", attn_out_proj="c_proj", extra_embeddings=("transformer.wpe",)),
     "gpt_neox": HostLayout(PLAIN, "gpt_neox.layers", "mlp", "act", ("dense_h_to_4h",), "dense_4h_to_h",
-                           "intermediate_size"),
+                           "intermediate_size", attn_attr="attention", attn_out_proj="dense"),
 }
 
 
@@ -82,6 +94,18 @@ def mlp_module(model: nn.Module, layer: int) -> nn.Module:
     if not 0 <= layer < len(layers):
         raise HostNotSupported(f"layer {layer} is out of range: the model has {len(layers)} layers")
     return getattr(layers[layer], host_layout(model).mlp_attr)
+
+
+def attention_out_proj(model: nn.Module, layer: int) -> nn.Module:
+    """The projection whose output the attention block adds to the residual stream."""
+    layout = host_layout(model)
+    return getattr(getattr(decoder_layers(model)[layer], layout.attn_attr), layout.attn_out_proj)
+
+
+def embedding_modules(model: nn.Module) -> list[nn.Module]:
+    """Every embedding whose output is summed into the residual stream before the first block."""
+    layout = host_layout(model)
+    return [model.get_input_embeddings(), *(_get_path(model, path) for path in layout.extra_embeddings)]
 
 
 def mlp_activation(model: nn.Module, layer: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 
-from .artifact import SteeringAdapter
+from .artifact import ABLATION, ADDITIVE, KINDS, NEURON, ROTATION, SteeringAdapter
 
 
 def _front_matter(fields: dict) -> str:
@@ -13,11 +14,38 @@ def _front_matter(fields: dict) -> str:
     return "\n".join(lines + ["---", ""])
 
 
+KIND_NOTES = {
+    NEURON: "an extra MLP neuron of the host's own form that fires where its anchor says",
+    ADDITIVE: "an always-on vector added to the MLP output",
+    ROTATION: "an angle-preserving rotation of the layer's output toward a direction, strength in radians "
+              "(adapter only: no exact lowering to a checkpoint)",
+    ABLATION: "directional ablation: directions projected out of every write into the residual stream "
+              "(bakes by weight orthogonalisation)",
+}
+
+
+def _strength(s) -> str:
+    if s.kind == ROTATION:
+        return f"{s.strength:g} rad ({math.degrees(s.strength):.3g} deg)"
+    return f"{s.strength:g}"
+
+
 def _strategy_table(adapter: SteeringAdapter) -> str:
     rows = ["| layer | strategy | issue | algorithm | lowering | strength |", "|---|---|---|---|---|---|"]
-    for s in sorted(adapter.strategies, key=lambda s: (s.layer, s.name)):
-        rows.append(f"| {s.layer} | {s.name} | {s.issue} | {s.algorithm} | {s.kind} | {s.strength:g} |")
+    for s in sorted(adapter.strategies, key=lambda s: (-1 if s.layer is None else s.layer, s.name)):
+        layer = "all" if s.layer is None else s.layer
+        rows.append(f"| {layer} | {s.name} | {s.issue} | {s.algorithm} | {s.kind} | {_strength(s)} |")
     return "\n".join(rows)
+
+
+def _summary(adapter: SteeringAdapter) -> str:
+    count = len(adapter.strategies)
+    where = [f"on layer(s) {', '.join(map(str, adapter.layers))}"] if adapter.layers else []
+    if adapter.ablation_strategy is not None:
+        where.append("one adapter-wide ablation")
+    kinds = "".join(f"- `{k}`: {KIND_NOTES[k]}\n" for k in KINDS if adapter.strategies_of_kind(k))
+    return f"{count} strateg{'y' if count == 1 else 'ies'}{''.join(' ' + w for w in where[:1])}" \
+        f"{''.join(' and ' + w for w in where[1:])}.\n\n{kinds}"
 
 
 def _metrics_table(metrics: dict) -> str:
@@ -41,9 +69,7 @@ def adapter_card(adapter: SteeringAdapter) -> str:
     })
     return (f"{front}\n# masteer steering adapter\n\n"
             f"A gating steering adapter for `{adapter.base_model_name_or_path}` compiled by masteer: "
-            f"{len(adapter.strategies)} strateg{'y' if len(adapter.strategies) == 1 else 'ies'} on "
-            f"layer(s) {', '.join(map(str, adapter.layers))}, each an extra MLP neuron (or an always-on "
-            f"vector) in the host's own MLP form.\n\n{_strategy_table(adapter)}\n\n"
+            f"{_summary(adapter)}\n{_strategy_table(adapter)}\n\n"
             f"{_metrics_table(adapter.metrics)}"
             "## Use\n\n```python\nfrom transformers import AutoModelForCausalLM\n"
             "from masteer.runtime import SteeredModel\n\n"
@@ -57,7 +83,8 @@ def baked_card(model, adapter: SteeringAdapter | None) -> str:
     front = _front_matter({"base_model": base, "library_name": "transformers",
                            "tags": ["masteer", "steering", "baked"]})
     body = (f"{front}\n# Baked masteer checkpoint\n\nThe base model `{base}` with a masteer steering program "
-            "merged into its MLP weights. It loads with plain `transformers` "
+            "merged into its weights (widened MLPs; orthogonalised residual writers for an ablation). "
+            "It loads with plain `transformers` "
             "(`AutoModelForCausalLM.from_pretrained`), and so with vLLM and other engines: no masteer code "
             "is needed. The program it holds is in `masteer_program.json`.\n\n")
     if adapter is not None:
