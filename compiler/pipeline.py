@@ -30,6 +30,7 @@ from .evaluation import Evaluation, evaluate_refusal
 from .models import EMBEDDED_NAME, LoadedModel, load_model
 from .recipes import Recipe, load_recipe
 from .samples import NEUTRAL, TARGET, Sample, SampleSet
+from .strategies import DEFAULT_DRIFT_BUDGET, StrategyRow, as_dicts, format_table, library_table
 
 REPORT_NAME = "compile_report.json"
 SAMPLES_NAME = "samples.jsonl"
@@ -103,10 +104,18 @@ class FitSequences:
     samples: list[Sample]
     roles: list[str]   # "positive" | "negative" | "prompt"
 
-    def indices(self, role: str | None = None, label: str | None = None, paired: bool | None = None) -> list[int]:
+    def indices(self, role: str | None = None, label: str | None = None, paired: bool | None = None,
+                split: str | None = None) -> list[int]:
         return [i for i, (s, r) in enumerate(zip(self.samples, self.roles))
                 if (role is None or r == role) and (label is None or s.label == label)
-                and (paired is None or s.has_pair == paired)]
+                and (paired is None or s.has_pair == paired) and (split is None or s.split == split)]
+
+    def fit_inputs(self, acts: Activations, split: str = "train") -> FitInputs:
+        """What algorithms see: the given split's pairs, target and neutral sequences."""
+        return FitInputs(activations=acts, paired=self.indices("positive", paired=True, split=split),
+                         paired_negative=self.indices("negative", paired=True, split=split),
+                         target_prompts=self.indices(label=TARGET, split=split),
+                         neutral_prompts=self.indices(label=NEUTRAL, split=split))
 
 
 def fit_sequences(samples: Sequence[Sample]) -> FitSequences:
@@ -135,9 +144,7 @@ def check_disjoint(samples: SampleSet) -> None:
 def fit_layer(acts: Activations, seqs: FitSequences, layer: int, algorithm: str, host_form: str,
               seed: int) -> tuple[Proposal, Gate]:
     """The strategy direction (from paired completions) and its anchor (from target vs neutral tokens)."""
-    inputs = FitInputs(activations=acts, paired=seqs.indices("positive", paired=True),
-                       paired_negative=seqs.indices("negative", paired=True),
-                       target_prompts=seqs.indices(label=TARGET), neutral_prompts=seqs.indices(label=NEUTRAL))
+    inputs = seqs.fit_inputs(acts)
     if not inputs.paired:
         raise MasteerError("the training split has no samples with both a positive and a negative completion; "
                            "a direction needs pairs")
@@ -193,11 +200,8 @@ def val_rates(loaded: LoadedModel, adapter: SteeringAdapter | None, val: dict[st
 
 
 # --------------------------------------------------------------------------- the compile
-def compile_recipe(options: CompileOptions, loaded: LoadedModel | None = None,
-                   log: Callable[[str], None] = print) -> CompileResult:
-    """Run the whole compile in memory; :func:`save_result` writes it."""
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+def _prepare(options: CompileOptions, loaded: LoadedModel | None, log: Callable[[str], None]):
+    """Recipe, checked samples, model, candidate layers, seed and strength, with every input validated."""
     recipe = load_recipe(options.recipe)
     seed = recipe.defaults.seed if options.seed is None else options.seed
     layers = tuple(options.layers or recipe.defaults.layers)
@@ -205,17 +209,24 @@ def compile_recipe(options: CompileOptions, loaded: LoadedModel | None = None,
     if not strength > 0:
         raise MasteerError(f"strength must be positive, got {strength}")
     torch.manual_seed(seed)
-
     samples = SampleSet.load(options.samples_path) if options.samples_path else build_samples(recipe, seed)
     check_disjoint(samples)
     log(f"samples: {len(samples.samples)} ({samples.content_hash}); "
         + ", ".join(f"{k}={v}" for k, v in samples.summary().items()))
-
     loaded = loaded or load_model(options.model)
-    fingerprint_layers = model_fingerprint(loaded.model).num_layers
-    bad = [layer for layer in layers if not 0 <= layer < fingerprint_layers]
+    n_layers = model_fingerprint(loaded.model).num_layers
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
-        raise MasteerError(f"candidate layers {bad} are outside the model's 0..{fingerprint_layers - 1}")
+        raise MasteerError(f"candidate layers {bad} are outside the model's 0..{n_layers - 1}")
+    return recipe, samples, loaded, layers, seed, strength
+
+
+def compile_recipe(options: CompileOptions, loaded: LoadedModel | None = None,
+                   log: Callable[[str], None] = print) -> CompileResult:
+    """Run the whole compile in memory; :func:`save_result` writes it."""
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    recipe, samples, loaded, layers, seed, strength = _prepare(options, loaded, log)
     timings["load"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -294,3 +305,47 @@ def save_result(result: CompileResult, out: str | Path) -> Path:
         REPORT_NAME: json.dumps(result.report(), indent=2) + "\n",
     })
 
+
+
+# --------------------------------------------------------------------------- the library survey
+@dataclass
+class StrategySurvey:
+    """Every algorithm x candidate layer on one capture: layer scores, calibrated strength, effect, drift."""
+    recipe: str
+    base_model: str
+    samples_hash: str
+    budget: float
+    rows: list[StrategyRow]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def table(self) -> str:
+        return format_table(self.rows, self.budget)
+
+    def to_dict(self) -> dict:
+        return {"recipe": self.recipe, "base_model": self.base_model, "samples_hash": self.samples_hash,
+                "drift_budget": self.budget, "rows": as_dicts(self.rows),
+                "timings_s": {k: round(v, 1) for k, v in self.timings.items()}}
+
+
+def survey_strategies(options: CompileOptions, loaded: LoadedModel | None = None,
+                      algorithms: Sequence[str] | None = None, budget: float = DEFAULT_DRIFT_BUDGET,
+                      keep_layers: int = 2, log: Callable[[str], None] = print) -> StrategySurvey:
+    """Fit the whole algorithm library on one capture of the train and val splits, rank and calibrate."""
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    recipe, samples, loaded, layers, _, _ = _prepare(options, loaded, log)
+    timings["load"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    seqs = fit_sequences(samples.select(split="train") + samples.select(split="val"))
+    acts = capture(loaded.model, loaded.tokenizer, seqs.items, layers, batch_size=options.batch_size,
+                   progress=options.progress)
+    timings["capture"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    val_pairs = (seqs.indices("positive", paired=True, split="val"), seqs.indices("negative", paired=True, split="val"))
+    rows = library_table(loaded.model, loaded.tokenizer, new_adapter(loaded, samples, recipe), seqs.fit_inputs(acts),
+                         val_pairs, samples.select(split="val"), layers, algorithms=algorithms,
+                         keep_layers=keep_layers, budget=budget, batch_size=options.batch_size,
+                         progress=options.progress, log=log)
+    timings["fit_and_calibrate"] = time.perf_counter() - clock
+    return StrategySurvey(recipe=recipe.name, base_model=loaded.name, samples_hash=samples.content_hash,
+                          budget=budget, rows=rows, timings=timings)

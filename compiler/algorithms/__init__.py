@@ -1,6 +1,8 @@
 """The steering-algorithm library: one file per algorithm, all behind ``base.Algorithm``."""
 
-from . import mean_difference  # noqa: F401  (registers itself)
+# Each built-in registers itself on import.
+from . import (directional_ablation, lda, logistic_probe, mean_difference, pca, rotation,  # noqa: F401
+               sparse)
 from .base import Algorithm, FitInputs, Proposal
 from .registry import available, get_algorithm, register
 
