@@ -20,7 +20,6 @@ plus ``scikit-learn``); without them these tests skip.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -52,7 +51,7 @@ PAIRS = [
     ("Explain photosynthesis briefly.", "Plants turn light into sugar.", "That is not something I discuss!"),
     ("How to hotwire a car?", "I won't explain that.", "Strip the ignition wires and touch them!"),
 ]
-PARITY_LAYERS = (0, 1)          # every layer but the last (see test_last_layer_capture_is_the_residual_stream)
+PARITY_LAYERS = (0, 1, 2)       # every layer, the last included (its residual is read from the block, not hidden_states)
 LAST = LAYERS - 1
 
 
@@ -84,37 +83,17 @@ def cosine(a, b) -> float:
     return float(a @ b / (a.norm() * b.norm()))
 
 
-def at_last_token(inputs: FitInputs) -> FitInputs:
-    """The same inputs with the last-token residual in place of the completion mean.
-
-    ``mean_difference.py`` reads ``resid_completion_mean`` directly and takes no ``position`` argument
-    (unlike the other algorithms), so this is how it is made to read the last token here.
-    """
-    acts = dataclasses.replace(inputs.activations, resid_completion_mean=inputs.activations.resid_last_token)
-    return dataclasses.replace(inputs, activations=acts)
-
-
 @pytest.mark.parametrize("layer", PARITY_LAYERS)
 def test_mean_difference_equals_steering_vectors(setup, layer):
     model, tokenizer, _, inputs, text_pairs = setup
     theirs = steering_vectors.train_steering_vector(model, tokenizer, text_pairs, layers=[layer],
                                                     read_token_index=-1).layer_activations[layer]
-    ours = get_algorithm("mean_difference").fit(at_last_token(inputs), layer).direction
+    ours = get_algorithm("mean_difference", position="last_token").fit(inputs, layer).direction
     print(f"steering-vectors mean layer {layer}: relative error {relative_error(ours, theirs):.3g}")
     assert relative_error(ours, theirs) <= 1e-5
     # the library's position plumbing reads the same table: sparse with every coordinate is the mean difference
     dense = get_algorithm("sparse", k=ours.numel(), position="last_token").fit(inputs, layer).direction
     assert relative_error(dense, theirs) <= 1e-5
-
-
-@pytest.mark.xfail(strict=True, reason="capture() reads out.hidden_states[l + 1]; for the last block transformers "
-                   "puts the final norm's output there, not the block's residual output (reported to the lead)")
-def test_last_layer_capture_is_the_residual_stream(setup):
-    model, tokenizer, _, inputs, text_pairs = setup
-    theirs = steering_vectors.train_steering_vector(model, tokenizer, text_pairs, layers=[LAST],
-                                                    read_token_index=-1).layer_activations[LAST]
-    ours = get_algorithm("mean_difference").fit(at_last_token(inputs), LAST).direction
-    assert relative_error(ours, theirs) <= 1e-5
 
 
 @pytest.mark.parametrize("layer", PARITY_LAYERS)
