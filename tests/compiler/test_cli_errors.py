@@ -122,7 +122,7 @@ def test_layers_with_spaces_and_trailing_comma_parse():
 def test_non_positive_strength_fails_before_any_work(tmp_path, value):
     out = tmp_path / "adapter"
     line = _one_line_error(_invoke(cli.compile_command, ["refusal", "--out", out, "--strength", value]))
-    assert "strength must be positive" in line
+    assert "strength must be a positive finite number" in line
     assert not out.exists()
 
 
@@ -283,12 +283,9 @@ def test_samples_out_that_is_a_folder_is_a_usage_error(tmp_path):
     assert "'--out'" in output
 
 
-# ------------------------------------------------- known gaps (library bugs; see the test report)
+# ------------------------------------------------- once-known gaps, now fixed
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: _parse_layers accepts negative indices; compile_recipe checks the layer range "
-                          "only after building samples and loading the model")
 def test_negative_layer_fails_before_loading_a_model(tmp_path):
     result = _invoke(cli.compile_command, ["refusal", "--out", tmp_path / "a", "--layers", "8,-1"])
     assert not isinstance(result.exception, ModelLoadAttempted), "the error fired only after loading a model"
@@ -296,17 +293,11 @@ def test_negative_layer_fails_before_loading_a_model(tmp_path):
     assert "-1" in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: compile_recipe checks `not strength > 0`, which lets inf through: --strength inf "
-                          "goes on to load the model (and would steer with an infinite vector)")
 def test_infinite_strength_fails_before_loading_a_model(tmp_path):
     line = _one_line_error(_invoke(cli.compile_command, ["refusal", "--out", tmp_path / "a", "--strength", "inf"]))
     assert "strength" in line
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: a non-UTF-8 recipe file raises UnicodeDecodeError, which _user_errors does not "
-                          "catch: the real CLI prints a traceback")
 def test_binary_recipe_file_is_one_line(tmp_path):
     recipe = tmp_path / "binary.toml"
     recipe.write_bytes(b"\xff\xfe\x00")
@@ -314,9 +305,6 @@ def test_binary_recipe_file_is_one_line(tmp_path):
     assert str(recipe) in line
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: `masteer samples --out FILE/x.jsonl` (parent is a file) raises FileExistsError "
-                          "from mkdir, which _user_errors does not catch: traceback")
 def test_samples_out_under_a_file_is_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -324,9 +312,6 @@ def test_samples_out_under_a_file_is_one_line(tmp_path):
     assert str(blocker) in line
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: `masteer recipes` has no @_user_errors: a malformed built-in recipe escapes as a "
-                          "MasteerError traceback")
 def test_recipes_with_a_broken_builtin_is_one_line(tmp_path, monkeypatch):
     broken = tmp_path / "broken.toml"
     broken.write_text("name = 1\n")
@@ -335,9 +320,6 @@ def test_recipes_with_a_broken_builtin_is_one_line(tmp_path, monkeypatch):
     assert str(broken) in line
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: build_refusal names TruthfulQA samples truthfulqa-{k} with k counted per split, "
-                          "so ids repeat across train/val/test (e.g. 'truthfulqa-0' three times)")
 def test_built_sample_ids_are_unique(built):
     _, out = built
     ids = [s.id for s in SampleSet.load(out).samples]

@@ -143,7 +143,7 @@ def test_bad_options_fail_before_any_work(small_samples):
     with pytest.raises(MasteerError, match=r"candidate layers \[7\] are outside the model's 0\.\.2"):
         compile_recipe(CompileOptions(layers=(0, 7), samples_path=str(small_samples), progress=False),
                        loaded=loaded, log=lambda _: None)
-    with pytest.raises(MasteerError, match="strength must be positive"):
+    with pytest.raises(MasteerError, match="strength must be a positive finite number"):
         compile_recipe(CompileOptions(strength=-1.0, samples_path=str(small_samples), progress=False),
                        loaded=loaded, log=lambda _: None)
     with pytest.raises(MasteerError, match="sample file .* does not exist"):
