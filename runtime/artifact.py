@@ -25,7 +25,19 @@ Strategy kinds, and what ``strength`` means for each (``SteeredModel.set_scale``
   ``x <- x - strength * (x R^T) R`` (strength 1 removes the component, 0 keeps it). It lives in the
   config's ``"global"`` list, not under a layer. Bakes by weight orthogonalisation.
 
-Format version 2 added ``rotation``, ``ablation`` and the ``"global"`` list; version-1 folders still load.
+Neurons that work together (the two neurons of a ramp gate) share a ``group``, the strategy they
+implement; each neuron's ``opening`` weight says how its output counts toward that strategy's
+*opening*: ``sum_n opening_n * z_n``, 0 when silent and 1 at full strength. The runtime reports
+openings per token (``SteeredModel.openings``), and uses them for ``selection``:
+
+- ``"independent"`` (default): every neuron computes on its own; bakes by concatenation.
+- ``"exclusive"``: per token and layer only the group with the highest anchor score fires (the sum
+  of its positively weighted neurons' ``opening * z``); the other groups' neurons are silenced. An
+  argmax has no expression in a widened MLP, so such an adapter is adapter-only.
+
+Format version 2 added ``rotation``, ``ablation`` and the ``"global"`` list; version 3 added
+``group``/``opening`` and ``selection``. Older folders still load; a folder is written with the
+lowest version that can express it.
 """
 
 from __future__ import annotations
@@ -47,7 +59,7 @@ from .fingerprint import Fingerprint
 from .hosts import GATED, PLAIN
 
 FORMAT_NAME = "masteer-adapter"
-FORMAT_VERSION = 2  # the newest version this runtime reads, and the one it writes
+FORMAT_VERSION = 3  # the newest version this runtime reads, and the one it writes
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 CARD_NAME = "README.md"
@@ -61,6 +73,9 @@ GLOBAL_KINDS = (ABLATION,)                  # live in the config's "global" list
 KINDS = LAYER_KINDS + GLOBAL_KINDS
 ABLATION_TENSOR = "ablation.direction"
 UNIT_TOL = 1e-4  # how far a stored direction may be from unit length (or orthogonality), float32 rounding
+INDEPENDENT = "independent"  # every gate decides on its own (bakeable)
+EXCLUSIVE = "exclusive"      # at most one strategy group per layer fires per token (adapter only)
+SELECTIONS = (INDEPENDENT, EXCLUSIVE)
 
 
 @dataclass
@@ -73,10 +88,21 @@ class StrategySpec:
     issue: str = ""
     algorithm: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    group: str = ""        # the strategy this neuron implements (neurons of one gate share it); "" = its name
+    opening: float = 1.0   # weight of this neuron's output in its group's opening (see the module docstring)
+
+    @property
+    def strategy(self) -> str:
+        return self.group or self.name
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "strength": self.strength, "issue": self.issue,
+        data = {"name": self.name, "kind": self.kind, "strength": self.strength, "issue": self.issue,
                 "algorithm": self.algorithm, "metadata": self.metadata}
+        if self.group:
+            data["group"] = self.group
+        if self.opening != 1.0:
+            data["opening"] = self.opening
+        return data
 
 
 def tensor_name(layer: int, kind: str, part: str) -> str:
@@ -99,13 +125,20 @@ class SteeringAdapter:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    format_version: int = 1  # the version read from disk; a save writes max(this, the lowest that expresses it)
+    selection: str = INDEPENDENT
 
     # ----------------------------------------------------------------- building
     def add_neuron(self, layer: int, name: str, *, gate: torch.Tensor, direction: torch.Tensor,
                    strength: float, up: torch.Tensor | None = None, bias: float | torch.Tensor | None = None,
-                   issue: str = "", algorithm: str = "", metadata: dict | None = None) -> StrategySpec:
-        """Append a steering neuron ``z = act(g.x) * (u.x)`` (gated) or ``act(g.x + b)`` (plain)."""
+                   issue: str = "", algorithm: str = "", metadata: dict | None = None, group: str = "",
+                   opening: float = 1.0) -> StrategySpec:
+        """Append a steering neuron ``z = act(g.x) * (u.x)`` (gated) or ``act(g.x + b)`` (plain).
+
+        ``group`` names the strategy the neuron belongs to (several neurons may implement one gate) and
+        ``opening`` its weight in that strategy's opening (module docstring)."""
+        if not math.isfinite(opening):
+            raise AdapterFormatError(f"strategy {name!r}: opening weight must be finite, got {opening}")
         if self.host_form == GATED:
             if up is None or bias is not None:
                 raise AdapterFormatError(f"strategy {name!r}: a gated host needs `up` and no `bias`")
@@ -115,7 +148,9 @@ class SteeringAdapter:
                 raise AdapterFormatError(f"strategy {name!r}: a plain host needs `bias` and no `up`")
             rows = {"gate": gate, "bias": torch.as_tensor(bias, dtype=torch.float32).reshape(()),
                     "direction": direction}
-        return self._append(layer, NEURON, name, rows, strength, issue, algorithm, metadata)
+        spec = self._append(layer, NEURON, name, rows, strength, issue, algorithm, metadata)
+        spec.group, spec.opening = group, float(opening)
+        return spec
 
     def add_additive(self, layer: int, name: str, *, direction: torch.Tensor, strength: float,
                      issue: str = "", algorithm: str = "", metadata: dict | None = None) -> StrategySpec:
@@ -231,6 +266,13 @@ class SteeringAdapter:
     def strengths(self, layer: int, kind: str) -> torch.Tensor:
         return torch.tensor([s.strength for s in self.layer_strategies(layer, kind)], dtype=torch.float32)
 
+    def neuron_groups(self, layer: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """(strategy names, group index [K], opening weight [K]) of the layer's neurons, in row order."""
+        specs = self.layer_strategies(layer, NEURON)
+        names = list(dict.fromkeys(s.strategy for s in specs))
+        index = torch.tensor([names.index(s.strategy) for s in specs], dtype=torch.long)
+        return names, index, torch.tensor([s.opening for s in specs], dtype=torch.float32)
+
     def strategy(self, name: str) -> StrategySpec:
         for spec in self.strategies:
             if spec.name == name:
@@ -247,11 +289,16 @@ class SteeringAdapter:
         global_specs = [s.to_dict() for s in self.strategies if s.layer is None]
         if global_specs:
             extra["global"] = global_specs
-        # Version 2 features need a version-2 reader, even in an adapter first loaded from a version-1 folder.
-        needs_v2 = bool(global_specs) or any(s.kind not in (NEURON, ADDITIVE) for s in self.strategies)
+        # Newer features need a newer reader, even in an adapter first loaded from an older folder.
+        needed = 1
+        if bool(global_specs) or any(s.kind not in (NEURON, ADDITIVE) for s in self.strategies):
+            needed = 2
+        if self.selection != INDEPENDENT or any(s.group or s.opening != 1.0 for s in self.strategies):
+            needed = 3
+            extra["selection"] = self.selection
         return {
             "format": FORMAT_NAME,
-            "format_version": max(self.format_version, 2) if needs_v2 else self.format_version,
+            "format_version": max(self.format_version, needed),
             "peft_type": "MASTEER",
             "masteer_version": __version__,
             "base_model_name_or_path": self.base_model_name_or_path,
@@ -268,6 +315,8 @@ class SteeringAdapter:
         """Raise AdapterFormatError naming the first inconsistency between config and tensors."""
         if self.host_form not in (GATED, PLAIN):
             raise AdapterFormatError(f"{where}: host form {self.host_form!r} is neither 'gated' nor 'plain'")
+        if self.selection not in SELECTIONS:
+            raise AdapterFormatError(f"{where}: selection {self.selection!r} is not one of {', '.join(SELECTIONS)}")
         hidden = self.fingerprint.hidden_size
         expected: set[str] = set()
         names = [s.name for s in self.strategies]
@@ -291,6 +340,11 @@ class SteeringAdapter:
                                          f"base model has {self.fingerprint.num_layers} layers")
             if not math.isfinite(spec.strength):
                 raise AdapterFormatError(f"{where}: strategy {spec.name!r} has strength {spec.strength}")
+            if (spec.group or spec.opening != 1.0) and spec.kind != NEURON:
+                raise AdapterFormatError(f"{where}: strategy {spec.name!r} of kind {spec.kind!r} has a group or "
+                                         f"opening weight; only neurons have them")
+            if not math.isfinite(spec.opening):
+                raise AdapterFormatError(f"{where}: strategy {spec.name!r} has opening weight {spec.opening}")
         ablations = self.strategies_of_kind(ABLATION)
         if len(ablations) > 1:
             raise AdapterFormatError(f"{where}: ablation strategies {[s.name for s in ablations]}: an adapter "
@@ -396,13 +450,15 @@ class SteeringAdapter:
             strategies = [
                 StrategySpec(name=s["name"], layer=layer, kind=s["kind"], strength=float(s["strength"]),
                              issue=s.get("issue", ""), algorithm=s.get("algorithm", ""),
-                             metadata=s.get("metadata", {}))
+                             metadata=s.get("metadata", {}), group=str(s.get("group", "")),
+                             opening=float(s.get("opening", 1.0)))
                 for layer, s in placed
             ]
             return cls(base_model_name_or_path=config.get("base_model_name_or_path", ""),
                        fingerprint=fingerprint, host_form=host["form"], activation=host.get("activation", ""),
                        strategies=strategies, provenance=config.get("provenance", {}),
-                       metrics=config.get("metrics", {}), format_version=version)
+                       metrics=config.get("metrics", {}), format_version=version,
+                       selection=config.get("selection", INDEPENDENT))
         except KeyError as exc:
             raise AdapterFormatError(f"{where}: required field {exc.args[0]!r} is missing") from None
         except (TypeError, ValueError, AttributeError) as exc:

@@ -204,6 +204,30 @@ class SteeredModel(nn.Module):
                 handle.remove()
         return captured
 
+    @torch.no_grad()
+    def openings(self, **inputs) -> dict[str, torch.Tensor]:
+        """Per-token opening of every gated strategy, ``{strategy: [batch, seq]}``: 0 where it is silent,
+        1 where it writes its full strength (after exclusive selection, if the adapter uses it).
+
+        One forward pass of the steered model, so a strategy on a later layer sees the steering of
+        earlier ones, exactly as in generation. This is what ``masteer inspect`` prints."""
+        captured: dict[str, torch.Tensor] = {}
+        handles = []
+        for key, steering in self.steering.items():
+            if not steering.has_neurons:
+                continue
+            def grab(module, args, steering=steering):
+                values = steering.openings(args[0]).float()
+                for g, name in enumerate(steering.groups):
+                    captured[name] = values[..., g]
+            handles.append(mlp_module(self.base_model, int(key)).register_forward_pre_hook(grab))
+        try:
+            self.base_model(**inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return captured
+
     def detach(self) -> nn.Module:
         """Remove the hooks and return the untouched base model."""
         for handle in self._handles:

@@ -13,8 +13,8 @@ steering columns and vectors are projected too, exactly as the runtime projects 
 after adding the steering delta. A tied LM head is untied first (``tie_word_embeddings`` becomes
 false and the head keeps the original embedding), because the runtime never projects the LM head.
 
-Rotations have no exact linear lowering: baking an adapter that holds one raises LoweringError
-naming the strategies, before any weight is touched.
+Rotations have no exact linear lowering, and neither has exclusive selection (an argmax over
+strategies): baking such an adapter raises LoweringError, naming why, before any weight is touched.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .ablation import check_ablation_host, orthogonalise_model
-from .artifact import ADDITIVE, NEURON, ROTATION, SteeringAdapter
+from .artifact import ADDITIVE, EXCLUSIVE, NEURON, ROTATION, SteeringAdapter
 from .atomic import atomic_directory
 from .errors import LoweringError
 from .hosts import GATED, HostLayout, decoder_layers, host_layout, intermediate_size, mlp_module
@@ -35,6 +35,11 @@ from .hosts import GATED, HostLayout, decoder_layers, host_layout, intermediate_
 
 def check_lowerable(model: nn.Module, adapter: SteeringAdapter) -> None:
     """Raise LoweringError (or HostNotSupported) if ``adapter`` cannot be baked exactly into ``model``."""
+    if adapter.selection == EXCLUSIVE:
+        raise LoweringError(
+            f"this adapter uses selection {EXCLUSIVE!r}: per token only the strategy with the highest anchor "
+            f"score fires, an argmax that no widened MLP computes, so no checkpoint expresses it exactly. Keep "
+            f"it as a masteer adapter, or compile with selection 'independent' (bakeable) to bake.")
     rotations = [s.name for s in adapter.strategies_of_kind(ROTATION)]
     if rotations:
         raise LoweringError(
