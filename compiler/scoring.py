@@ -88,25 +88,48 @@ def nothing() -> Iterator[None]:
 
 
 class HeldOutScorer:
-    """Effect and drift of any steering, measured against base numbers computed once."""
+    """Effect and drift of any steering, measured against base numbers computed once.
 
-    def __init__(self, model, tokenizer, target_pairs: Sequence[tuple[str, str, str]], neutral_prompts: Sequence[str],
+    Without neutral prompts the drift is NaN (effects only). Target items are ``(prompt, positive,
+    negative)``; ``negative`` may be None (a prompt with only a
+    desired completion, e.g. an AdvBench request with a refusal). A sample's effect is the change of
+    its log-odds (positive over negative opening) where it has both, and the change of the positive
+    opening's log-probability where it has only that.
+    """
+
+    def __init__(self, model, tokenizer, targets: Sequence[tuple[str, str, str | None]], neutral_prompts: Sequence[str],
                  batch_size: int = 16):
-        if not target_pairs or not neutral_prompts:
-            raise ValueError("held-out scoring needs target pairs and neutral prompts")
+        if not targets:
+            raise ValueError("held-out scoring needs target items")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        self.prompts, self.positives, self.negatives = map(list, zip(*target_pairs))
+        self.prompts, self.positives, self.negatives = map(list, zip(*targets))
+        self.paired = [i for i, n in enumerate(self.negatives) if n is not None]
         self.neutral = list(neutral_prompts)
-        self.base_preference = self._preference()
-        self.base_next = next_token_logprobs(model, tokenizer, self.neutral, batch_size)
+        self.base_target = self._target_logprobs()
+        self.base_next = next_token_logprobs(model, tokenizer, self.neutral, batch_size) if self.neutral else []
 
-    def _preference(self) -> torch.Tensor:
-        return preference(self.model, self.tokenizer, self.prompts, self.positives, self.negatives, self.batch_size)
+    def _target_logprobs(self) -> torch.Tensor:
+        """Opening log-probabilities: positives [N], then the negatives that exist [len(paired)]."""
+        items = list(zip(self.prompts, self.positives)) + [(self.prompts[i], self.negatives[i]) for i in self.paired]
+        return completion_logprobs(self.model, self.tokenizer, items, batch_size=self.batch_size)
+
+    def _effects(self) -> torch.Tensor:
+        change = self._target_logprobs() - self.base_target
+        n = len(self.prompts)
+        effect = change[:n].clone()
+        effect[self.paired] -= change[n:]
+        return effect
+
+    def score_samples(self, steering: Callable[[], contextlib.AbstractContextManager] = nothing
+                      ) -> tuple[torch.Tensor, float]:
+        """(per-target-item effect [N], drift) while ``steering()`` is active on ``self.model``."""
+        with steering():
+            effect = self._effects()
+            drift = mean_kl(self.base_next, next_token_logprobs(self.model, self.tokenizer, self.neutral,
+                                                                self.batch_size)) if self.neutral else float("nan")
+        return effect, drift
 
     def score(self, steering: Callable[[], contextlib.AbstractContextManager] = nothing) -> tuple[float, float]:
-        """(effect, drift) while ``steering()`` is active on ``self.model``."""
-        with steering():
-            effect = float((self._preference() - self.base_preference).mean())
-            drift = mean_kl(self.base_next, next_token_logprobs(self.model, self.tokenizer, self.neutral,
-                                                                self.batch_size))
-        return effect, drift
+        """(mean effect, drift) while ``steering()`` is active on ``self.model``."""
+        effect, drift = self.score_samples(steering)
+        return float(effect.mean()), drift

@@ -137,10 +137,14 @@ def propose_all(inputs: FitInputs, layers: Sequence[int], algorithms: Sequence[s
 def library_table(model, tokenizer, base: SteeringAdapter, inputs: FitInputs, val_pairs: tuple[list[int], list[int]],
                   val: Sequence[Sample], layers: Sequence[int], algorithms: Sequence[str] | None = None,
                   keep_layers: int = 2, budget: float = DEFAULT_DRIFT_BUDGET, batch_size: int = 16,
-                  progress: bool = True, log: Callable[[str], None] = print) -> list[StrategyRow]:
-    """Every algorithm x layer with its layer score; the best ``keep_layers`` per algorithm calibrated."""
+                  progress: bool = True, log: Callable[[str], None] = print,
+                  strengths: Sequence[float] = DEFAULT_STRENGTHS,
+                  proposals_out: dict | None = None) -> list[StrategyRow]:
+    """Every algorithm x layer with its layer score; the best ``keep_layers`` per algorithm calibrated.
+
+    ``proposals_out``, when given, receives every fitted proposal keyed by (algorithm, layer)."""
     rows: list[StrategyRow] = []
-    proposals: dict[tuple[str, int], Proposal] = {}
+    proposals: dict[tuple[str, int], Proposal] = {} if proposals_out is None else proposals_out
     for name, layer, proposal, error in propose_all(inputs, layers, algorithms):
         if proposal is None:
             rows.append(StrategyRow(name, layer, "-", "-", float("nan"), float("nan"), error=error))
@@ -157,13 +161,13 @@ def library_table(model, tokenizer, base: SteeringAdapter, inputs: FitInputs, va
     scorer = held_out_scorer(model, tokenizer, val, batch_size)
     kept = [r for r in rows if r.kept]
     for r in tqdm(kept, desc="calibrating strategies", disable=not progress, leave=False):
-        strengths = ABLATION_STRENGTHS if r.kind == ABLATION else DEFAULT_STRENGTHS
+        grid = ABLATION_STRENGTHS if r.kind == ABLATION else strengths
         try:
             adapter = strategy_adapter(base, proposals[(r.algorithm, r.layer)])
         except (MasteerError, LoweringError) as exc:
             r.error = str(exc)
             continue
-        r.strength, r.effect, r.drift, r.tried = calibrate(model, adapter, scorer, strengths, budget)
+        r.strength, r.effect, r.drift, r.tried = calibrate(model, adapter, scorer, grid, budget)
         log(f"{r.algorithm:>22} L{r.layer:<2} {r.kind:>8}: strength {r.strength}  effect {r.effect:+.3f}  "
             f"drift {r.drift:.4f}")
     return rows

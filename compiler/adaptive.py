@@ -1,0 +1,201 @@
+"""Adaptive multi-strategy programs: anchors fitted from applicability, strategies chosen on held-out samples.
+
+MASteer's core idea: a library proposes several strategies, each carries an anchor saying on which
+inputs it helps, and at inference the anchors choose. From the library's candidates (gateable
+directions at their layers) this stage:
+
+1. fits a base anchor per candidate on the training split's MLP inputs (target tokens against every
+   token of neutral sequences, ``anchors.fit_gate``);
+2. measures applicability with that anchor in place: the per-sample effect on training targets and on
+   val targets, and the drift on val neutral prompts (``applicability``);
+3. specialises each anchor: refitted to open on the training targets where *this* candidate helps (it
+   moves the target and comes within a margin of the best candidate there) and to stay shut on
+   neutral tokens and on targets where it does nothing or harm. A candidate that helps too few
+   samples keeps its base anchor;
+4. prunes candidates that win (largest effect) on no val sample;
+5. chooses the program greedily on val: start from the best single gated strategy, add the candidate
+   that most raises *coverage* (the share of val targets moved by at least half of what the best single
+   strategy typically achieves; ties by mean effect) while the program's drift stays within budget;
+   stop when a step gains less than ``MIN_COVERAGE_GAIN``. Coverage and not the mean effect is the
+   objective because two strategies firing on one input push it twice as far: the mean effect would
+   reward that, coverage rewards reaching inputs that no chosen strategy reaches yet.
+
+Because the search starts from the best single gated strategy and only accepts gains, the program's
+val effect is never below it: at a matched drift budget, adaptive >= best single gated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from masteer.runtime import SteeringAdapter
+from masteer.runtime.artifact import INDEPENDENT
+
+from .activations import COMPLETION, PROMPT_TAIL, Activations
+from .algorithms import Proposal
+from .anchors import Gate, fit_gate
+from .applicability import measure, score_adapter
+from .program import Program, ProgramStrategy, lower
+from .samples import NEUTRAL, TARGET, Sample
+from .scoring import HeldOutScorer
+
+DEFAULT_MAX_STRATEGIES = 3
+MIN_COVERAGE_GAIN = 0.03   # a greedy step must move at least 3% more of the val targets
+MIN_SPECIALISED = 8        # fewer helped training samples than this: keep the base anchor
+COVERAGE_FRACTION = 0.5    # "moved": effect >= this fraction of the best single strategy's median effect
+MIN_MOVED_EFFECT = 0.01    # ... and never below this (nats), so a program that moves nothing covers nothing
+
+
+@dataclass
+class Candidate:
+    """A gateable library strategy: a direction at a layer, named for the program."""
+    name: str
+    issue: str
+    proposal: Proposal
+    strength: float
+
+
+@dataclass
+class SearchRecord:
+    """How the program was chosen: every candidate's numbers and every greedy step (saved in the report)."""
+    candidates: list[dict] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    moved_threshold: float = float("nan")
+    train_applicability: dict = field(default_factory=dict)
+    val_applicability: dict = field(default_factory=dict)
+
+
+@dataclass
+class ProgramContext:
+    """What the program search reads: the capture, which sequence is whose, and how to score."""
+    acts: Activations
+    sequences: Sequence[Sample]         # the owner sample of each captured sequence
+    roles: Sequence[str]                # "positive" | "negative" | "prompt" per sequence
+    host_form: str
+    seed: int
+    new_adapter: Callable[[], SteeringAdapter]
+    model: object
+    train_scorer: HeldOutScorer         # train targets (effects only)
+    train_ids: list[str]
+    val_scorer: HeldOutScorer           # val targets and val neutral prompts
+    val_ids: list[str]
+    budget: float
+
+    def sequences_of(self, sample_ids: set[str], split: str) -> list[int]:
+        """Sequences of these samples that show the prompt and, if any, the desired completion."""
+        return [i for i, (s, r) in enumerate(zip(self.sequences, self.roles))
+                if s.id in sample_ids and s.split == split and r != "negative"]
+
+    def neutral_sequences(self, split: str = "train") -> list[int]:
+        return [i for i, s in enumerate(self.sequences) if s.label == NEUTRAL and s.split == split]
+
+
+def fit_anchor(ctx: ProgramContext, layer: int, fire_on: list[int], avoid: list[int]) -> Gate:
+    """Open on the prompt tail and desired completion of ``fire_on``; shut on every token of ``avoid``."""
+    return fit_gate(ctx.acts.tokens_of(fire_on, layer, kinds=(PROMPT_TAIL, COMPLETION)),
+                    ctx.acts.tokens_of(avoid, layer), ctx.host_form, seed=ctx.seed)
+
+
+def strategy_of(candidate: Candidate, gate: Gate, strength: float | None = None) -> ProgramStrategy:
+    p = candidate.proposal
+    return ProgramStrategy(name=candidate.name, issue=candidate.issue, algorithm=p.algorithm, layer=p.layer,
+                           direction=p.direction, strength=candidate.strength if strength is None else strength,
+                           gate=gate, metadata={k: v for k, v in p.metadata.items() if k != "support"})
+
+
+def program_adapter(ctx: ProgramContext, strategies: Sequence[ProgramStrategy], selection: str) -> SteeringAdapter:
+    return lower(Program(list(strategies), selection), ctx.new_adapter())
+
+
+def coverage(effect: torch.Tensor, threshold: float) -> float:
+    return float((effect >= threshold).double().mean())
+
+
+def build_program(ctx: ProgramContext, candidates: Sequence[Candidate], selection: str = INDEPENDENT,
+                  max_strategies: int = DEFAULT_MAX_STRATEGIES, progress: bool = True,
+                  log: Callable[[str], None] = print) -> tuple[Program, SearchRecord]:
+    """Anchors, applicability, pruning and greedy selection (module docstring); returns the program and its record."""
+    if not candidates:
+        raise ValueError("no candidate strategies to build a program from")
+    record = SearchRecord()
+    train_targets = set(ctx.train_ids)
+    neutral = ctx.neutral_sequences("train")
+    base_gates = {c.name: fit_anchor(ctx, c.proposal.layer, ctx.sequences_of(train_targets, "train"), neutral)
+                  for c in candidates}
+    single = {c.name: program_adapter(ctx, [strategy_of(c, base_gates[c.name])], selection) for c in candidates}
+    train_app = measure(ctx.model, ctx.train_scorer, single, ctx.train_ids, progress, "applicability (train)")
+
+    gates = {}
+    for c in candidates:
+        helped = {sid for sid, h in zip(ctx.train_ids, train_app.helps(c.name).tolist()) if h}
+        harmed = {sid for sid, e in zip(ctx.train_ids, train_app.effect[train_app.index(c.name)].tolist()) if e <= 0}
+        if len(helped) >= MIN_SPECIALISED:
+            gates[c.name] = fit_anchor(ctx, c.proposal.layer, ctx.sequences_of(helped, "train"),
+                                       neutral + ctx.sequences_of(harmed, "train"))
+        else:
+            gates[c.name] = base_gates[c.name]
+        gates[c.name].stats.update(specialised=len(helped) >= MIN_SPECIALISED, helped_train=len(helped),
+                                   harmed_train=len(harmed))
+    strategies = {c.name: strategy_of(c, gates[c.name]) for c in candidates}
+    singles = {name: program_adapter(ctx, [s], selection) for name, s in strategies.items()}
+    val_app = measure(ctx.model, ctx.val_scorer, singles, ctx.val_ids, progress, "applicability (val)")
+    record.train_applicability, record.val_applicability = train_app.to_dict(), val_app.to_dict()
+
+    wins = val_app.win_counts()
+    within = [n for n in strategies if val_app.drift[val_app.index(n)] <= ctx.budget]
+    for c in candidates:
+        k = val_app.index(c.name)
+        record.candidates.append({"name": c.name, "algorithm": c.proposal.algorithm, "layer": c.proposal.layer,
+                                  "strength": c.strength, "val_effect": round(float(val_app.effect[k].mean()), 4),
+                                  "val_drift": round(val_app.drift[k], 5), "val_wins": wins[c.name],
+                                  "train_helped": gates[c.name].stats["helped_train"],
+                                  "specialised": gates[c.name].stats["specialised"]})
+    if not within:
+        raise ValueError(f"no gated candidate stays within the drift budget {ctx.budget:g} on val neutral prompts "
+                         f"(drifts: {record.val_applicability['drift']})")
+    best = max(within, key=lambda n: (float(val_app.effect[val_app.index(n)].mean()), n))
+    threshold = max(COVERAGE_FRACTION * float(val_app.effect[val_app.index(best)].median()), MIN_MOVED_EFFECT)
+    record.moved_threshold = threshold
+    record.pruned = [n for n in strategies if wins[n] == 0 and n != best]
+    chosen = [best]
+    effect, drift = val_app.effect[val_app.index(best)], val_app.drift[val_app.index(best)]
+    record.steps.append({"chosen": best, "coverage": coverage(effect, threshold),
+                         "mean_effect": round(float(effect.mean()), 4), "drift": round(drift, 5)})
+    log(f"program: start with {best} (val coverage {coverage(effect, threshold):.2f}, mean effect "
+        f"{float(effect.mean()):+.3f}, drift {drift:.4f})")
+    pool = [n for n in within if n not in chosen and n not in record.pruned]
+    while pool and len(chosen) < max_strategies:
+        tried = {}
+        for name in pool:
+            trial = program_adapter(ctx, [strategies[n] for n in chosen + [name]], selection)
+            tried[name] = score_adapter(ctx.model, ctx.val_scorer, trial)
+        scored = {n: (coverage(e, threshold), float(e.mean()), d) for n, (e, d) in tried.items()
+                  if d <= ctx.budget}
+        step = {"tried": {n: {"coverage": round(c, 4), "mean_effect": round(m, 4), "drift": round(d, 5)}
+                          for n, (c, m, d) in scored.items()}}
+        if not scored:
+            record.steps.append({**step, "chosen": None, "why": "every addition exceeds the drift budget"})
+            break
+        name = max(scored, key=lambda n: (scored[n][0], scored[n][1]))
+        gain = scored[name][0] - coverage(effect, threshold)
+        if gain < MIN_COVERAGE_GAIN:
+            record.steps.append({**step, "chosen": None, "why": f"best coverage gain {gain:+.3f} < {MIN_COVERAGE_GAIN}"})
+            break
+        chosen.append(name)
+        pool.remove(name)
+        effect, drift = tried[name]
+        record.steps.append({**step, "chosen": name, "coverage": scored[name][0],
+                             "mean_effect": round(scored[name][1], 4), "drift": round(drift, 5)})
+        log(f"program: + {name} (val coverage {scored[name][0]:.2f}, mean effect {scored[name][1]:+.3f}, "
+            f"drift {drift:.4f})")
+    return Program([strategies[n] for n in chosen], selection), record
+
+
+def applicability_targets(samples: Sequence[Sample]) -> tuple[list[tuple[str, str, str | None]], list[str]]:
+    """(prompt, positive, negative) items and ids of the target samples that have a desired completion."""
+    chosen = [s for s in samples if s.label == TARGET and s.positive is not None]
+    return [(s.prompt, s.positive, s.negative) for s in chosen], [s.id for s in chosen]

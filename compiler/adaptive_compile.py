@@ -1,0 +1,171 @@
+"""The adaptive compile: recipe -> samples -> one capture -> library -> anchors -> program -> adapter -> report.
+
+Held-out discipline, by split: ``train`` fits directions and anchors, ``val`` ranks layers,
+calibrates strengths, scores applicability, chooses the program and matches the static baseline,
+``test`` is only generated from, once, for the before/after table. The splits never share a prompt.
+
+Arms of the before/after table:
+
+- ``base``: the model as it is;
+- ``static``: the library's best always-on strategy (largest val effect within the drift budget), at
+  the strength whose val refusal rate on targets comes closest to the adaptive program's, so the two
+  are compared at matched target effect (the question is what each costs elsewhere);
+- ``single``: the best single gated strategy (the program search's starting point);
+- ``adaptive``: the compiled program.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+from masteer.runtime import SteeringAdapter, host_layout
+from masteer.runtime.artifact import ABLATION, INDEPENDENT
+from masteer.runtime.errors import MasteerError
+
+from .adaptive import Candidate, ProgramContext, SearchRecord, applicability_targets, build_program
+from .models import LoadedModel
+from .pipeline import (CompileOptions, _prepare, capture_activations, fit_sequences, new_adapter, val_rates)
+from .program import Program, lower
+from .recipes import Recipe
+from .samples import NEUTRAL, TARGET, SampleSet
+from .scoring import HeldOutScorer
+from .strategies import DEFAULT_DRIFT_BUDGET, StrategyRow, library_table, strategy_adapter
+
+GATEABLE = "neuron"                      # proposals a gate can carry (directions added at the MLP output)
+STATIC_MULTIPLES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # of the recipe strength, tried when matching the static arm
+COMPILE_STRENGTHS = (0.5, 1.0, 2.0)      # static calibration grid inside a compile
+
+
+@dataclass
+class AdaptiveOptions:
+    algorithms: tuple[str, ...] | None = None   # None: every registered algorithm
+    keep_layers: int = 1                         # best layers per algorithm kept as candidates
+    budget: float = DEFAULT_DRIFT_BUDGET
+    selection: str = INDEPENDENT
+    max_strategies: int = 3
+
+
+@dataclass
+class ProgramCompile:
+    """Everything an adaptive compile produced, stage by stage (saved beside the adapter)."""
+    recipe: Recipe
+    samples: SampleSet
+    library: list[StrategyRow]
+    program: Program
+    search: SearchRecord
+    adapter: SteeringAdapter
+    single: SteeringAdapter
+    static: SteeringAdapter | None
+    static_match: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def report(self) -> dict:
+        return {"recipe": self.recipe.name, "issue": self.recipe.issue,
+                "samples": {"hash": self.samples.content_hash, "counts": self.samples.summary()},
+                "library": [r.to_dict() for r in self.library], "program": self.program.summary(),
+                "search": asdict(self.search), "static_match": self.static_match,
+                "timings_s": {k: round(v, 1) for k, v in self.timings.items()}}
+
+
+def candidates_from(rows: Sequence[StrategyRow], proposals: dict, recipe: Recipe, strength: float) -> list[Candidate]:
+    out = []
+    for r in rows:
+        if r.kept and not r.error and r.kind == GATEABLE:
+            out.append(Candidate(name=f"{recipe.name}-{r.algorithm}-L{r.layer}", issue=recipe.name,
+                                 proposal=proposals[(r.algorithm, r.layer)], strength=strength))
+    return out
+
+
+def best_static(rows: Sequence[StrategyRow]) -> StrategyRow | None:
+    """The calibrated always-on strategy with the largest val effect within the budget (ablation excluded:
+    its strength is a fraction removed, not a size to match)."""
+    usable = [r for r in rows if r.kept and r.strength is not None and r.kind != ABLATION]
+    return max(usable, key=lambda r: r.effect) if usable else None
+
+
+def match_static(loaded: LoadedModel, base: SteeringAdapter, proposal, target_rate: float, val: dict, options,
+                 strength: float, log: Callable[[str], None]) -> tuple[SteeringAdapter, dict]:
+    """The always-on strategy at the multiple of ``strength`` whose val target refusal is closest to ``target_rate``.
+
+    Strengths are tried from the smallest up and the search stops at the first that reaches the target
+    rate (a larger one only over-steers)."""
+    tried = []
+    best = None
+    for multiple in STATIC_MULTIPLES:
+        adapter = strategy_adapter(base, proposal)
+        for spec in adapter.strategies:
+            spec.strength = multiple * strength
+        rate = val_rates(loaded, adapter, {TARGET: val[TARGET]}, options)[TARGET]
+        tried.append({"strength": multiple * strength, "val_target_refusal": round(rate, 4)})
+        if best is None or abs(rate - target_rate) < abs(best[1] - target_rate):
+            best = (adapter, rate, multiple * strength)
+        log(f"static match: strength {multiple * strength:g} -> val target refusal {rate:.2f} "
+            f"(adaptive {target_rate:.2f})")
+        if rate >= target_rate:
+            break
+    return best[0], {"adaptive_val_target_refusal": round(target_rate, 4), "tried": tried,
+                     "chosen_strength": best[2], "chosen_val_target_refusal": round(best[1], 4)}
+
+
+def compile_program(options: CompileOptions, adaptive: AdaptiveOptions | None = None,
+                    loaded: LoadedModel | None = None, log: Callable[[str], None] = print) -> ProgramCompile:
+    """Run the adaptive compile in memory (module docstring)."""
+    adaptive = adaptive or AdaptiveOptions()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    recipe, samples, loaded, layers, seed, strength = _prepare(options, loaded, log)
+    val = samples.select(split="val")
+    if not any(s.label == TARGET and s.has_pair for s in val) or not any(s.label == NEUTRAL for s in val):
+        raise MasteerError("an adaptive compile needs val target samples with both completions and val neutral "
+                           "prompts (they rank layers, calibrate strengths and choose the program)")
+    timings["load"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    seqs = fit_sequences(samples.select(split="train") + val)
+    acts = capture_activations(options, loaded, seqs, layers, samples, log)
+    timings["capture"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    base = new_adapter(loaded, samples, recipe)
+    val_pairs = (seqs.indices("positive", paired=True, split="val"), seqs.indices("negative", paired=True, split="val"))
+    proposals: dict = {}
+    rows = library_table(loaded.model, loaded.tokenizer, base, seqs.fit_inputs(acts), val_pairs, val, layers,
+                         algorithms=adaptive.algorithms, keep_layers=adaptive.keep_layers, budget=adaptive.budget,
+                         batch_size=options.batch_size, progress=options.progress, log=log,
+                         strengths=COMPILE_STRENGTHS, proposals_out=proposals)
+    timings["library"] = time.perf_counter() - clock
+    candidates = candidates_from(rows, proposals, recipe, strength)
+    if not candidates:
+        raise MasteerError(f"no gateable strategy could be fitted at layers {list(layers)}; see the library rows")
+
+    clock = time.perf_counter()
+    train_items, train_ids = applicability_targets(samples.select(split="train"))
+    val_items, val_ids = applicability_targets(val)
+    neutral_val = [s.prompt for s in val if s.label == NEUTRAL]
+    ctx = ProgramContext(acts=acts, sequences=seqs.samples, roles=seqs.roles, host_form=host_layout(loaded.model).form,
+                         seed=seed, new_adapter=lambda: new_adapter(loaded, samples, recipe), model=loaded.model,
+                         train_scorer=HeldOutScorer(loaded.model, loaded.tokenizer, train_items, [], options.batch_size),
+                         train_ids=train_ids,
+                         val_scorer=HeldOutScorer(loaded.model, loaded.tokenizer, val_items, neutral_val,
+                                                  options.batch_size),
+                         val_ids=val_ids, budget=adaptive.budget)
+    program, search = build_program(ctx, candidates, selection=adaptive.selection,
+                                    max_strategies=adaptive.max_strategies, progress=options.progress, log=log)
+    adapter = lower(program, new_adapter(loaded, samples, recipe))
+    single = lower(Program(program.strategies[:1], adaptive.selection), new_adapter(loaded, samples, recipe))
+    timings["program"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    static, match = None, {}
+    chosen_static = best_static(rows)
+    if chosen_static is not None and options.evaluate:
+        val_groups = {TARGET: samples.select(split="val", label=TARGET)}
+        adaptive_rate = val_rates(loaded, adapter, val_groups, options)[TARGET]
+        static, match = match_static(loaded, base, proposals[(chosen_static.algorithm, chosen_static.layer)],
+                                     adaptive_rate, val_groups, options, strength, log)
+        match["strategy"] = f"{chosen_static.algorithm}-L{chosen_static.layer}"
+    timings["static_match"] = time.perf_counter() - clock
+    return ProgramCompile(recipe=recipe, samples=samples, library=rows, program=program, search=search,
+                          adapter=adapter, single=single, static=static, static_match=match, timings=timings)

@@ -1,0 +1,185 @@
+"""Adaptive programs on a tiny random model: applicability, anchors, greedy selection, lowering, gate report.
+
+A random model cannot show that the program steers well (the embedded end-to-end test does); these
+tests check the selection rules, the determinism and that every program lowers and bakes exactly.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tiny_models import byte_tokenizer, tiny_chat_model  # noqa: E402
+
+from masteer.compiler.activations import encode_prompt  # noqa: E402
+from masteer.compiler.adaptive import MIN_COVERAGE_GAIN  # noqa: E402
+from masteer.compiler.adaptive_compile import AdaptiveOptions, compile_program  # noqa: E402
+from masteer.compiler.applicability import Applicability  # noqa: E402
+from masteer.compiler.builders import build_samples  # noqa: E402
+from masteer.compiler.gate_report import OPEN, gate_reports  # noqa: E402
+from masteer.compiler.models import LoadedModel  # noqa: E402
+from masteer.compiler.pipeline import CompileOptions  # noqa: E402
+from masteer.compiler.program import Program, lower  # noqa: E402
+from masteer.compiler.recipes import load_recipe  # noqa: E402
+from masteer.compiler.samples import SampleSet  # noqa: E402
+from masteer.runtime import SteeredModel, bake  # noqa: E402
+from masteer.runtime.artifact import EXCLUSIVE  # noqa: E402
+from masteer.runtime.errors import LoweringError, MasteerError  # noqa: E402
+
+ALGORITHMS = ("mean_difference", "pca", "lda", "logistic_probe")
+PER_GROUP = 6
+
+
+# ------------------------------------------------------------------------------------ applicability
+def test_winners_wins_and_help_masks():
+    effect = torch.tensor([[1.0, 0.0, -1.0, 2.0],
+                           [0.9, 0.5, -0.5, 1.0],
+                           [0.2, 0.4, -2.0, 2.5]])
+    app = Applicability(["a", "b", "c"], ["s0", "s1", "s2", "s3"], effect, [0.1, 0.2, 0.3])
+    assert app.winners().tolist() == [0, 1, 1, 2]
+    assert app.win_counts() == {"a": 1, "b": 2, "c": 1}
+    # within 25% of the best, and moving the target at all: nobody helps s2, where every effect is negative
+    assert app.helps("a").tolist() == [True, False, False, True]
+    assert app.helps("b").tolist() == [True, True, False, False]
+    assert app.helps("c").tolist() == [False, True, False, True]
+    assert app.mean_effect("a") == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="effect has shape"):
+        Applicability(["a"], ["s0", "s1"], torch.zeros(2, 2), [0.0])
+
+
+# ------------------------------------------------------------------------------------ the compile
+@pytest.fixture(scope="module")
+def small_samples(tmp_path_factory) -> Path:
+    full = build_samples(load_recipe("refusal"))
+    kept, counts = [], {}
+    for s in full.samples:
+        if counts.get((s.split, s.group), 0) < PER_GROUP:
+            counts[(s.split, s.group)] = counts.get((s.split, s.group), 0) + 1
+            kept.append(s)
+    path = tmp_path_factory.mktemp("samples") / "small.jsonl"
+    SampleSet(issue=full.issue, recipe=full.recipe, samples=kept, meta=full.meta).save(path)
+    return path
+
+
+def run(small_samples, selection="independent", seed=None):
+    torch.set_num_threads(1)
+    loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny-llama")
+    options = CompileOptions(layers=(0, 1, 2), samples_path=str(small_samples), progress=False, evaluate=False,
+                             seed=seed)
+    # a random model drifts a lot per unit of steering: a loose budget keeps candidates in play
+    adaptive = AdaptiveOptions(algorithms=ALGORITHMS, keep_layers=1, budget=10.0, selection=selection)
+    return loaded, compile_program(options, adaptive, loaded=loaded, log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def compiled(small_samples):
+    return run(small_samples)
+
+
+def test_the_program_starts_from_the_best_single_gated_strategy(compiled):
+    _, result = compiled
+    search = result.search
+    assert [c["name"] for c in search.candidates] == [f"refusal-{a}-L{r.layer}" for a in ALGORITHMS
+                                                      for r in result.library if r.algorithm == a and r.kept]
+    best = max(search.candidates, key=lambda c: (c["val_effect"], c["name"]))
+    assert result.program.names[0] == best["name"] == search.steps[0]["chosen"]
+    assert result.single.strategies[0].strategy == best["name"]
+
+
+def test_every_accepted_step_raised_coverage_and_the_last_says_why_it_stopped(compiled):
+    _, result = compiled
+    steps = result.search.steps
+    coverages = [steps[0]["coverage"]]
+    for step in steps[1:]:
+        if step["chosen"] is not None:
+            assert step["coverage"] - coverages[-1] >= MIN_COVERAGE_GAIN
+            assert step["tried"][step["chosen"]]["coverage"] == pytest.approx(step["coverage"], abs=1e-4)
+            coverages.append(step["coverage"])
+        else:
+            assert step["why"]
+    assert len(result.program.strategies) == len(coverages) <= 3
+    assert not set(result.search.pruned) & set(result.program.names)
+
+
+def test_each_strategy_is_a_two_neuron_ramp_grouped_under_its_name(compiled):
+    _, result = compiled
+    for strategy in result.program.strategies:
+        specs = [s for s in result.adapter.strategies if s.strategy == strategy.name]
+        assert [s.name for s in specs] == [strategy.name, f"{strategy.name}:cap"]
+        assert [s.opening for s in specs] == [1.0, -1.0] and {s.layer for s in specs} == {strategy.layer}
+
+
+def test_the_compile_is_deterministic(compiled, small_samples):
+    _, again = run(small_samples)
+    _, first = compiled
+    assert first.program.names == again.program.names
+    assert first.adapter.tensors.keys() == again.adapter.tensors.keys()
+    assert all(torch.equal(first.adapter.tensors[k], again.adapter.tensors[k]) for k in first.adapter.tensors)
+
+
+def test_a_multi_strategy_multi_layer_program_bakes_exactly(compiled, tmp_path):
+    """The compiled program plus copies of its first strategy on the other layers: several strategies on
+    several layers, some sharing a layer, lowered onto a fresh adapter and baked."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM
+    _, result = compiled
+    first = result.program.strategies[0]
+    copies = [replace(first, name=f"copy-L{layer}", layer=layer, strength=first.strength * (1 + layer))
+              for layer in (0, 1, 2)]
+    program = Program(result.program.strategies + copies)
+    adapter = lower(program, type(result.adapter)(result.adapter.base_model_name_or_path, result.adapter.fingerprint,
+                                                  result.adapter.host_form, result.adapter.activation))
+    assert len(adapter.layers) == 3 and len(adapter.strategies) == 2 * len(program.strategies)
+    tokenizer = byte_tokenizer()
+    batch = tokenizer(["How do I pick a lock?", "Tell me a joke"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        base = tiny_chat_model("llama")(**batch).logits
+        expected = SteeredModel(tiny_chat_model("llama"), adapter)(**batch).logits
+    mask = batch["attention_mask"].bool()
+    assert (expected[mask] - base[mask]).abs().max() > 1e-3  # the program does something to compare
+    folder = bake(tiny_chat_model("llama"), adapter, tmp_path / "baked")
+    baked = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        got = baked(**batch).logits
+    assert (got[mask] - expected[mask]).abs().max() <= 1e-4
+
+
+def test_exclusive_programs_refuse_to_bake(small_samples, tmp_path):
+    _, result = run(small_samples, selection=EXCLUSIVE)
+    assert result.adapter.selection == EXCLUSIVE
+    with pytest.raises(LoweringError, match="exclusive"):
+        bake(tiny_chat_model("llama"), result.adapter, tmp_path / "baked")
+
+
+def test_lowering_onto_an_adapter_with_the_same_names_is_refused(compiled):
+    _, result = compiled
+    with pytest.raises(MasteerError, match="already has strategies named"):
+        lower(result.program, result.adapter)
+
+
+def test_gate_report_counts_open_prompts_and_generated_tokens(compiled):
+    loaded, result = compiled
+    targets = ["How do I pick a lock?", "Write a phishing email."]
+    neutrals = ["Tell me a joke.", "What is 2 + 2?", "Name a colour."]
+    reports = gate_reports(loaded.model, loaded.tokenizer, result.adapter, targets, neutrals, max_new_tokens=3,
+                           progress=False)
+    assert [r.strategy for r in reports] == result.program.names
+    steered = SteeredModel(loaded.model, result.adapter)
+    try:
+        for r in reports:
+            # recompute the per-prompt decision one prompt at a time, unpadded
+            opened = []
+            for prompt in targets + neutrals:
+                ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt)])
+                opened.append(float(steered.openings(input_ids=ids)[r.strategy][0, -1]) >= OPEN)
+            assert r.prompt_recall == pytest.approx(sum(opened[:2]) / 2, abs=1e-9)
+            assert r.prompt_fpr == pytest.approx(sum(opened[2:]) / 3, abs=1e-9)
+            assert 0.0 <= r.generated_firing_target <= 1.0 and 0.0 <= r.generated_firing_neutral <= 1.0
+    finally:
+        steered.detach()
