@@ -14,7 +14,7 @@ directions at their layers) this stage:
    samples keeps its base anchor;
 4. prunes candidates that win (largest effect) on no val sample;
 5. chooses the program greedily on val: start from the best single gated strategy, add the candidate
-   that most raises *coverage* (the share of val targets moved by at least half of what the best single
+   (among the ``POOL_SIZE`` that win most often) that most raises *coverage* (the share of val targets moved by at least half of what the best single
    strategy typically achieves; ties by mean effect) while the program's drift stays within budget;
    stop when a step gains less than ``MIN_COVERAGE_GAIN``. Coverage and not the mean effect is the
    objective because two strategies firing on one input push it twice as far: the mean effect would
@@ -45,6 +45,7 @@ from .scoring import HeldOutScorer
 DEFAULT_MAX_STRATEGIES = 3
 MIN_COVERAGE_GAIN = 0.03   # a greedy step must move at least 3% more of the val targets
 MIN_SPECIALISED = 8        # fewer helped training samples than this: keep the base anchor
+POOL_SIZE = 3              # candidates tried at each greedy step (by val wins)
 COVERAGE_FRACTION = 0.5    # "moved": effect >= this fraction of the best single strategy's median effect
 MIN_MOVED_EFFECT = 0.01    # ... and never below this (nats), so a program that moves nothing covers nothing
 
@@ -168,6 +169,7 @@ def build_program(ctx: ProgramContext, candidates: Sequence[Candidate], selectio
     log(f"program: start with {best} (val coverage {coverage(effect, threshold):.2f}, mean effect "
         f"{float(effect.mean()):+.3f}, drift {drift:.4f})")
     pool = [n for n in within if n not in chosen and n not in record.pruned]
+    pool = sorted(pool, key=lambda n: -wins[n])[:POOL_SIZE]   # the candidates that win most often
     while pool and len(chosen) < max_strategies:
         tried = {}
         for name in pool:
@@ -195,7 +197,19 @@ def build_program(ctx: ProgramContext, candidates: Sequence[Candidate], selectio
     return Program([strategies[n] for n in chosen], selection), record
 
 
-def applicability_targets(samples: Sequence[Sample]) -> tuple[list[tuple[str, str, str | None]], list[str]]:
-    """(prompt, positive, negative) items and ids of the target samples that have a desired completion."""
+def applicability_targets(samples: Sequence[Sample], limit: int | None = None
+                          ) -> tuple[list[tuple[str, str, str | None]], list[str]]:
+    """(prompt, positive, negative) items and ids of the target samples that have a desired completion.
+
+    With ``limit``, at most that many, taken evenly across the sample groups in their order (so a cap
+    keeps every kind of target), deterministic."""
     chosen = [s for s in samples if s.label == TARGET and s.positive is not None]
+    if limit is not None and len(chosen) > limit:
+        groups: dict[str, list[Sample]] = {}
+        for s in chosen:
+            groups.setdefault(s.group, []).append(s)
+        chosen, k = [], 0
+        while len(chosen) < limit:
+            chosen += [g[k] for g in groups.values() if k < len(g)][:limit - len(chosen)]
+            k += 1
     return [(s.prompt, s.positive, s.negative) for s in chosen], [s.id for s in chosen]

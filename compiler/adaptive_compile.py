@@ -17,25 +17,27 @@ Arms of the before/after table:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
-from masteer.runtime import SteeringAdapter, host_layout
+from masteer.runtime import SteeringAdapter, check_compatible, host_layout
 from masteer.runtime.artifact import ABLATION, INDEPENDENT
 from masteer.runtime.errors import MasteerError
 
 from .adaptive import Candidate, ProgramContext, SearchRecord, applicability_targets, build_program
-from .models import LoadedModel
+from .models import LoadedModel, load_model
 from .pipeline import (CompileOptions, _prepare, capture_activations, fit_sequences, new_adapter, val_rates)
 from .program import Program, lower
 from .recipes import Recipe
-from .samples import NEUTRAL, TARGET, SampleSet
+from .samples import NEUTRAL, TARGET, Sample, SampleSet, prompt_key
 from .scoring import HeldOutScorer
 from .strategies import DEFAULT_DRIFT_BUDGET, StrategyRow, library_table, strategy_adapter
 
 GATEABLE = "neuron"                      # proposals a gate can carry (directions added at the MLP output)
 STATIC_MULTIPLES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # of the recipe strength, tried when matching the static arm
-COMPILE_STRENGTHS = (0.5, 1.0, 2.0)      # static calibration grid inside a compile
+COMPILE_STRENGTHS = (0.5,)               # static strength compared inside a compile (the survey tries more)
+TRAIN_APPLICABILITY = 64                 # training targets scored per candidate to specialise its anchor
 
 
 @dataclass
@@ -109,9 +111,27 @@ def match_static(loaded: LoadedModel, base: SteeringAdapter, proposal, target_ra
                      "chosen_strength": best[2], "chosen_val_target_refusal": round(best[1], 4)}
 
 
+def shut_on(others: Sequence[Sample], samples: SampleSet) -> list[Sample]:
+    """Prompts of other issues as training-only neutral prompts for this compile's anchors: a new issue's
+    gates must stay shut on another issue's inputs. Prompts this compile uses anywhere are left out (a
+    test prompt must never be fitted on)."""
+    own = {prompt_key(s.prompt) for s in samples.samples}
+    out, seen = [], set()
+    for s in others:
+        key = prompt_key(s.prompt)
+        if key in own or key in seen:
+            continue
+        seen.add(key)
+        out.append(replace(s, id=f"other:{s.id}", label=NEUTRAL, split="train", positive=None, negative=None,
+                           group=f"other:{s.group}"))
+    return out
+
+
 def compile_program(options: CompileOptions, adaptive: AdaptiveOptions | None = None,
-                    loaded: LoadedModel | None = None, log: Callable[[str], None] = print) -> ProgramCompile:
-    """Run the adaptive compile in memory (module docstring)."""
+                    loaded: LoadedModel | None = None, log: Callable[[str], None] = print,
+                    others: Sequence[Sample] = ()) -> ProgramCompile:
+    """Run the adaptive compile in memory (module docstring). ``others``: other issues' samples, whose
+    prompts this compile's anchors learn to stay shut on (multi-issue adapters, ``--add-to``)."""
     adaptive = adaptive or AdaptiveOptions()
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -123,7 +143,7 @@ def compile_program(options: CompileOptions, adaptive: AdaptiveOptions | None = 
     timings["load"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    seqs = fit_sequences(samples.select(split="train") + val)
+    seqs = fit_sequences(samples.select(split="train") + val + shut_on(others, samples))
     acts = capture_activations(options, loaded, seqs, layers, samples, log)
     timings["capture"] = time.perf_counter() - clock
 
@@ -141,7 +161,7 @@ def compile_program(options: CompileOptions, adaptive: AdaptiveOptions | None = 
         raise MasteerError(f"no gateable strategy could be fitted at layers {list(layers)}; see the library rows")
 
     clock = time.perf_counter()
-    train_items, train_ids = applicability_targets(samples.select(split="train"))
+    train_items, train_ids = applicability_targets(samples.select(split="train"), limit=TRAIN_APPLICABILITY)
     val_items, val_ids = applicability_targets(val)
     neutral_val = [s.prompt for s in val if s.label == NEUTRAL]
     ctx = ProgramContext(acts=acts, sequences=seqs.samples, roles=seqs.roles, host_form=host_layout(loaded.model).form,
@@ -169,3 +189,45 @@ def compile_program(options: CompileOptions, adaptive: AdaptiveOptions | None = 
     timings["static_match"] = time.perf_counter() - clock
     return ProgramCompile(recipe=recipe, samples=samples, library=rows, program=program, search=search,
                           adapter=adapter, single=single, static=static, static_match=match, timings=timings)
+
+
+@dataclass
+class AddedIssue:
+    """An issue compiled onto an existing adapter: the new issue's compile and the merged adapter."""
+    compiled: ProgramCompile
+    previous: SteeringAdapter
+    merged: SteeringAdapter
+    previous_samples: SampleSet | None
+
+
+def add_issue(options: CompileOptions, adapter_dir: str | Path, adaptive: AdaptiveOptions | None = None,
+              loaded: LoadedModel | None = None, log: Callable[[str], None] = print) -> AddedIssue:
+    """Compile ``options.recipe`` and append its program to the adapter in ``adapter_dir``.
+
+    The existing strategies are not refitted: their specs and tensors are copied bit for bit, so on
+    every token where the new anchors stay shut the merged adapter computes exactly what the old one
+    did. The new anchors learn to stay shut on the old issues' prompts (from the sample sets saved
+    beside the adapter), and the old adapter must have been compiled for this model."""
+    adapter_dir = Path(adapter_dir)
+    previous = SteeringAdapter.load(adapter_dir)
+    adaptive = adaptive or AdaptiveOptions(selection=previous.selection)
+    if adaptive.selection != previous.selection:
+        raise MasteerError(f"{adapter_dir} uses selection {previous.selection!r}; an added issue must use the same "
+                           f"(got {adaptive.selection!r})")
+    loaded = loaded or load_model(options.model)
+    check_compatible(loaded.model, previous)
+    sample_files = sorted(adapter_dir.glob("samples*.jsonl"))
+    old_samples = [SampleSet.load(f) for f in sample_files]
+    others = [s for sample_set in old_samples for s in sample_set.select(split="train")]
+    log(f"add to {adapter_dir}: {len(previous.strategies)} existing neurons kept as they are; the new anchors stay "
+        f"shut on {len(others)} training prompts of {', '.join(sorted({s.recipe for s in old_samples})) or 'no'} "
+        f"earlier issue(s)")
+    compiled = compile_program(options, adaptive, loaded=loaded, log=log, others=others)
+    merged = SteeringAdapter.load(adapter_dir)
+    lower(compiled.program, merged)
+    issues = list(dict.fromkeys([*previous.provenance.get("issues", [previous.provenance.get("recipe", "")]),
+                                 compiled.recipe.name]))
+    merged.provenance = {**previous.provenance, "issues": [i for i in issues if i],
+                         f"samples_hash:{compiled.recipe.name}": compiled.samples.content_hash}
+    return AddedIssue(compiled=compiled, previous=previous, merged=merged,
+                      previous_samples=old_samples[0] if old_samples else None)

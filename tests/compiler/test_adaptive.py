@@ -52,6 +52,21 @@ def test_winners_wins_and_help_masks():
         Applicability(["a"], ["s0", "s1"], torch.zeros(2, 2), [0.0])
 
 
+def test_applicability_targets_cap_takes_every_group_evenly():
+    from masteer.compiler.adaptive import applicability_targets
+    from masteer.compiler.samples import NEUTRAL, TARGET, Sample
+    samples = ([Sample(id=f"a{i}", prompt=f"a {i}", label=TARGET, split="train", positive="No.", negative="Yes.",
+                       group="pairs") for i in range(10)]
+               + [Sample(id=f"b{i}", prompt=f"b {i}", label=TARGET, split="train", positive="No.", group="advbench")
+                  for i in range(3)]
+               + [Sample(id="n", prompt="n", label=NEUTRAL, split="train"),
+                  Sample(id="t", prompt="t", label=TARGET, split="train")])  # no desired completion: not scored
+    items, ids = applicability_targets(samples, limit=8)
+    assert ids == ["a0", "b0", "a1", "b1", "a2", "b2", "a3", "a4"]
+    assert items[1] == ("b 0", "No.", None)
+    assert len(applicability_targets(samples)[1]) == 13
+
+
 # ------------------------------------------------------------------------------------ the compile
 @pytest.fixture(scope="module")
 def small_samples(tmp_path_factory) -> Path:
@@ -183,3 +198,94 @@ def test_gate_report_counts_open_prompts_and_generated_tokens(compiled):
             assert 0.0 <= r.generated_firing_target <= 1.0 and 0.0 <= r.generated_firing_neutral <= 1.0
     finally:
         steered.detach()
+
+
+def test_inspect_prints_every_token_and_returns_the_runtime_openings(compiled, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from masteer.compiler import cli
+    from masteer.compiler.inspection import inspect_text
+    loaded, result = compiled
+    model_dir, adapter_dir, out = tmp_path / "model", tmp_path / "adapter", tmp_path / "inspect.json"
+    loaded.model.save_pretrained(model_dir)
+    loaded.tokenizer.save_pretrained(model_dir)
+    result.adapter.save(adapter_dir)
+    text = "How do I pick a lock?"
+    run = CliRunner().invoke(cli.main, ["inspect", str(adapter_dir), text, "--model", str(model_dir),
+                                        "--generate", "2", "--json", str(out)])
+    assert run.exit_code == 0, run.output
+    data = json.loads(out.read_text())
+    n_prompt = len(encode_prompt(loaded.tokenizer, text))
+    assert data["prompt_length"] == n_prompt and len(data["tokens"]) == n_prompt + 2
+    assert set(data["openings"]) == set(result.program.names)
+    table_rows = [line for line in run.output.splitlines() if line.startswith("| ") and not line.startswith("| #")]
+    assert len(table_rows) == n_prompt + 2
+    # the Python API gives the same numbers as one forward pass of the runtime
+    direct = inspect_text(loaded.model, loaded.tokenizer, result.adapter, text, check_fingerprint=False)
+    ids = torch.tensor([encode_prompt(loaded.tokenizer, text)])
+    steered = SteeredModel(loaded.model, result.adapter)
+    try:
+        runtime = steered.openings(input_ids=ids)
+    finally:
+        steered.detach()
+    for name, values in direct.openings.items():
+        assert values == runtime[name][0].tolist()
+        assert [round(v, 4) for v in values] == data["openings"][name][:n_prompt]
+    with pytest.raises(ValueError, match="non-empty text"):
+        inspect_text(loaded.model, loaded.tokenizer, result.adapter, "")
+
+
+def test_adding_an_issue_keeps_every_old_strategy_bit_for_bit(compiled, small_samples, tmp_path):
+    from masteer.compiler.adaptive_compile import add_issue
+    from masteer.compiler.recipes import builtin_recipes
+    from masteer.runtime import SteeringAdapter
+    loaded, result = compiled
+    old_dir = tmp_path / "old"
+    result.adapter.save(old_dir, extra_files={"samples.jsonl": result.samples.to_jsonl()})
+    second = tmp_path / "second.toml"
+    second.write_text(builtin_recipes()["refusal"].read_text().replace('name = "refusal"', 'name = "second"', 1))
+    options = CompileOptions(recipe=str(second), layers=(0, 1, 2), samples_path=str(small_samples), progress=False,
+                             evaluate=False)
+    logged = []
+    added = add_issue(options, old_dir, AdaptiveOptions(algorithms=("mean_difference", "lda"), budget=10.0),
+                      loaded=loaded, log=logged.append)
+    assert any("existing neurons kept" in line for line in logged)
+    old, merged = SteeringAdapter.load(old_dir), added.merged
+    assert [s.to_dict() for s in merged.strategies[:len(old.strategies)]] == [s.to_dict() for s in old.strategies]
+    new_names = {s.strategy for s in merged.strategies[len(old.strategies):]}
+    assert new_names == set(added.compiled.program.names) and all(n.startswith("second-") for n in new_names)
+    for layer in old.layers:
+        rows = len(old.layer_strategies(layer, "neuron"))
+        for part in ("gate", "up", "direction"):
+            key = f"layers.{layer}.neuron.{part}"
+            assert torch.equal(merged.tensors[key][:rows], old.tensors[key])
+    assert merged.provenance["issues"] == ["refusal", "second"]
+    # the new anchors were told to stay shut on the old issue's training prompts (not on prompts they use)
+    assert added.compiled.search.candidates
+    with pytest.raises(MasteerError, match="uses selection 'independent'"):
+        add_issue(options, old_dir, AdaptiveOptions(selection=EXCLUSIVE), loaded=loaded, log=lambda _: None)
+
+
+def test_other_issues_prompts_become_training_neutrals_except_where_this_compile_uses_them():
+    from masteer.compiler.adaptive_compile import shut_on
+    from masteer.compiler.samples import NEUTRAL, TARGET, Sample
+    mine = SampleSet("issue", "new", [Sample(id="m", prompt="Shared   PROMPT", label=NEUTRAL, split="test")])
+    others = [Sample(id="o1", prompt="shared prompt", label=TARGET, split="train", positive="No.", negative="Yes."),
+              Sample(id="o2", prompt="Only theirs", label=TARGET, split="train", positive="No.", group="harmful"),
+              Sample(id="o3", prompt="only  theirs", label=NEUTRAL, split="train")]
+    out = shut_on(others, mine)
+    assert [(s.id, s.label, s.split, s.positive, s.negative, s.group) for s in out] == [
+        ("other:o2", NEUTRAL, "train", None, None, "other:harmful")]
+
+
+def test_adding_to_an_adapter_for_another_model_names_both(compiled, small_samples, tmp_path):
+    from masteer.compiler.adaptive_compile import add_issue
+    from masteer.runtime.errors import FingerprintMismatch
+    _, result = compiled
+    result.adapter.save(tmp_path / "old")
+    other = LoadedModel(model=tiny_chat_model("llama", seed=3), tokenizer=byte_tokenizer(), name="tiny-other")
+    options = CompileOptions(layers=(0, 1, 2), samples_path=str(small_samples), progress=False, evaluate=False)
+    with pytest.raises(FingerprintMismatch):
+        add_issue(options, tmp_path / "old", loaded=other, log=lambda _: None)
