@@ -17,8 +17,8 @@ Arms of the before/after table:
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 from masteer.runtime import SteeringAdapter, check_compatible, host_layout
@@ -26,6 +26,8 @@ from masteer.runtime.artifact import ABLATION, INDEPENDENT
 from masteer.runtime.errors import MasteerError
 
 from .adaptive import Candidate, ProgramContext, SearchRecord, applicability_targets, build_program
+from .applicability import score_adapter
+from .gate_report import gate_reports
 from .models import LoadedModel, load_model
 from .pipeline import (CompileOptions, _prepare, capture_activations, fit_sequences, new_adapter, val_rates)
 from .program import Program, lower
@@ -231,3 +233,80 @@ def add_issue(options: CompileOptions, adapter_dir: str | Path, adaptive: Adapti
                          f"samples_hash:{compiled.recipe.name}": compiled.samples.content_hash}
     return AddedIssue(compiled=compiled, previous=previous, merged=merged,
                       previous_samples=old_samples[0] if old_samples else None)
+
+
+# --------------------------------------------------------------------------- the before/after measurement
+BASE_ARM, STATIC_ARM, SINGLE_ARM, ADAPTIVE_ARM = "base", "static", "single", "adaptive"
+
+
+@dataclass
+class ProgramEvaluation:
+    """The compile's held-out measurement of every arm (module docstring): generated and teacher-forced."""
+    refusal: object                                  # evaluation.Evaluation: judged refusal per group and arm
+    teacher_forced: dict[str, dict[str, float]]      # arm -> {"effect": ..., "kl": ...} on test targets/neutrals
+    gates: list[dict]                                # gate reports of the adaptive program on test prompts
+    suites: object | None = None                     # evaluation.EvalReport, when the suites ran
+
+    def to_dict(self) -> dict:
+        return {"refusal": self.refusal.to_dict(), "teacher_forced": self.teacher_forced, "gates": self.gates,
+                "suites": self.suites.to_dict() if self.suites is not None and hasattr(self.suites, "to_dict")
+                else None}
+
+
+def program_arms(result: ProgramCompile) -> dict[str, SteeringAdapter | None]:
+    arms = {BASE_ARM: None}
+    if result.static is not None:
+        arms[STATIC_ARM] = result.static
+    arms[SINGLE_ARM] = result.single
+    arms[ADAPTIVE_ARM] = result.adapter
+    return arms
+
+
+def teacher_forced_table(loaded: LoadedModel, samples: SampleSet, arms: dict, batch_size: int,
+                         progress: bool) -> dict[str, dict[str, float]]:
+    """Mean effect on the test targets and mean next-token KL from the base model on the test neutral prompts."""
+    items, _ = applicability_targets(samples.select(split="test"))
+    neutral = [s.prompt for s in samples.select(split="test", label=NEUTRAL)]
+    if not items or not neutral:
+        return {}
+    scorer = HeldOutScorer(loaded.model, loaded.tokenizer, items, neutral, batch_size)
+    table = {}
+    for arm, adapter in arms.items():
+        if adapter is None:
+            table[arm] = {"effect": 0.0, "kl": 0.0}
+            continue
+        effect, kl = score_adapter(loaded.model, scorer, adapter)
+        table[arm] = {"effect": round(float(effect.mean()), 4), "kl": round(kl, 5), "targets": len(items),
+                      "neutral_prompts": len(neutral)}
+    return table
+
+
+def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: CompileOptions, suites: bool = True,
+                     log: Callable[[str], None] = print) -> ProgramEvaluation:
+    """Every arm on the test split: judged refusal per recipe group, teacher-forced effect and KL, gate
+    reports; then (``suites``) the evaluation suites with bootstrap intervals for base, static, adaptive."""
+    from .evaluation import ResultCache, evaluate_compile, evaluate_refusal
+    recipe, samples = result.recipe, result.samples
+    groups = {g: samples.select(split="test", group=g) for g in recipe.evaluation.groups}
+    missing = [g for g, s in groups.items() if not s]
+    if missing:
+        raise MasteerError(f"{recipe.path}: evaluation groups {missing} have no test samples")
+    max_new_tokens = options.max_new_tokens or recipe.evaluation.max_new_tokens
+    arms = program_arms(result)
+    cache = ResultCache()
+    refusal = evaluate_refusal(loaded.model, loaded.tokenizer, arms, groups, recipe.evaluation.groups,
+                               max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
+                               progress=options.progress, cache=cache)
+    forced = teacher_forced_table(loaded, samples, arms, options.batch_size, options.progress)
+    targets = [s.prompt for s in samples.select(split="test", label=TARGET)]
+    neutrals = [s.prompt for s in samples.select(split="test", label=NEUTRAL)]
+    gates = [r.to_dict() for r in gate_reports(loaded.model, loaded.tokenizer, result.adapter, targets, neutrals,
+                                               max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
+                                               progress=options.progress)]
+    report = None
+    if suites:
+        chosen = {k: v for k, v in arms.items() if k in (BASE_ARM, STATIC_ARM, ADAPTIVE_ARM)}
+        report = evaluate_compile(loaded.model, loaded.tokenizer, samples, recipe.evaluation.groups, chosen,
+                                  max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size, cache=cache,
+                                  progress=options.progress, log=log)
+    return ProgramEvaluation(refusal=refusal, teacher_forced=forced, gates=gates, suites=report)

@@ -10,7 +10,8 @@ held-out prompts, with the adapter attached as it is shipped:
 - **per-token firing during generation**: the share of generated tokens (greedy answers) at which the
   strategy is open, on target and on neutral prompts, and its mean opening there.
 
-"Open" means an opening of at least ``OPEN`` (half the strategy's strength).
+"Open" means an opening of at least ``OPEN`` (half the strategy's strength). With several strategies
+a last row, ``PROGRAM``, counts a prompt or token as open when any strategy is.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from masteer.runtime import SteeredModel, SteeringAdapter
 from .activations import encode_prompt, left_pad, position_ids
 
 OPEN = 0.5
+PROGRAM = "(any strategy)"   # the row for the program as a whole (layer -1)
 
 
 @dataclass
@@ -83,6 +85,13 @@ def gate_reports(model, tokenizer, adapter: SteeringAdapter, targets: Sequence[s
     finally:
         steered.detach()
     layers = {s.strategy: s.layer for s in adapter.strategies}
+    if len(t_last) > 1:  # the program as a whole: open where any of its strategies is
+        names = list(t_last)
+        t_last[PROGRAM] = [max(v) for v in zip(*(t_last[n] for n in names))]
+        n_last[PROGRAM] = [max(v) for v in zip(*(n_last[n] for n in names))]
+        t_gen[PROGRAM] = [torch.stack(v).max(0).values for v in zip(*(t_gen[n] for n in names))]
+        n_gen[PROGRAM] = [torch.stack(v).max(0).values for v in zip(*(n_gen[n] for n in names))]
+        layers[PROGRAM] = -1
     reports = []
     for name in t_last:
         tp = sum(v >= OPEN for v in t_last[name])

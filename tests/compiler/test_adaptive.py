@@ -21,7 +21,7 @@ from masteer.compiler.adaptive import MIN_COVERAGE_GAIN  # noqa: E402
 from masteer.compiler.adaptive_compile import AdaptiveOptions, compile_program  # noqa: E402
 from masteer.compiler.applicability import Applicability  # noqa: E402
 from masteer.compiler.builders import build_samples  # noqa: E402
-from masteer.compiler.gate_report import OPEN, gate_reports  # noqa: E402
+from masteer.compiler.gate_report import OPEN, PROGRAM, gate_reports  # noqa: E402
 from masteer.compiler.models import LoadedModel  # noqa: E402
 from masteer.compiler.pipeline import CompileOptions  # noqa: E402
 from masteer.compiler.program import Program, lower  # noqa: E402
@@ -184,10 +184,11 @@ def test_gate_report_counts_open_prompts_and_generated_tokens(compiled):
     neutrals = ["Tell me a joke.", "What is 2 + 2?", "Name a colour."]
     reports = gate_reports(loaded.model, loaded.tokenizer, result.adapter, targets, neutrals, max_new_tokens=3,
                            progress=False)
-    assert [r.strategy for r in reports] == result.program.names
+    names = result.program.names
+    assert [r.strategy for r in reports] == names + ([PROGRAM] if len(names) > 1 else [])
     steered = SteeredModel(loaded.model, result.adapter)
     try:
-        for r in reports:
+        for r in reports[:len(names)]:
             # recompute the per-prompt decision one prompt at a time, unpadded
             opened = []
             for prompt in targets + neutrals:
