@@ -16,15 +16,18 @@ Arms of the before/after table:
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 from masteer.runtime import SteeringAdapter, check_compatible, host_layout
-from masteer.runtime.artifact import ABLATION, INDEPENDENT
+from masteer.runtime.artifact import ABLATION, INDEPENDENT, SELECTIONS
 from masteer.runtime.errors import MasteerError
 
+from .algorithms import available
 from .adaptive import Candidate, ProgramContext, SearchRecord, applicability_targets, build_program
 from .applicability import score_adapter
 from .gate_report import gate_reports
@@ -64,6 +67,7 @@ class ProgramCompile:
     static: SteeringAdapter | None
     static_match: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    loaded: LoadedModel | None = field(default=None, repr=False)   # the model it was compiled on (not saved)
 
     def report(self) -> dict:
         return {"recipe": self.recipe.name, "issue": self.recipe.issue,
@@ -129,12 +133,25 @@ def shut_on(others: Sequence[Sample], samples: SampleSet) -> list[Sample]:
     return out
 
 
+def check_adaptive_options(adaptive: AdaptiveOptions) -> None:
+    if not (math.isfinite(adaptive.budget) and adaptive.budget > 0):
+        raise MasteerError(f"the drift budget must be a positive number of nats, got {adaptive.budget}")
+    if adaptive.keep_layers < 1 or adaptive.max_strategies < 1:
+        raise MasteerError("keep_layers and max_strategies must be at least 1")
+    if adaptive.selection not in SELECTIONS:
+        raise MasteerError(f"selection must be one of {', '.join(SELECTIONS)}, got {adaptive.selection!r}")
+    unknown = sorted(set(adaptive.algorithms or ()) - set(available()))
+    if unknown:
+        raise MasteerError(f"unknown algorithm(s) {', '.join(unknown)}; available: {', '.join(available())}")
+
+
 def compile_program(options: CompileOptions, adaptive: AdaptiveOptions | None = None,
                     loaded: LoadedModel | None = None, log: Callable[[str], None] = print,
                     others: Sequence[Sample] = ()) -> ProgramCompile:
     """Run the adaptive compile in memory (module docstring). ``others``: other issues' samples, whose
     prompts this compile's anchors learn to stay shut on (multi-issue adapters, ``--add-to``)."""
     adaptive = adaptive or AdaptiveOptions()
+    check_adaptive_options(adaptive)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     recipe, samples, loaded, layers, seed, strength = _prepare(options, loaded, log)
@@ -190,7 +207,8 @@ def compile_program(options: CompileOptions, adaptive: AdaptiveOptions | None = 
         match["strategy"] = f"{chosen_static.algorithm}-L{chosen_static.layer}"
     timings["static_match"] = time.perf_counter() - clock
     return ProgramCompile(recipe=recipe, samples=samples, library=rows, program=program, search=search,
-                          adapter=adapter, single=single, static=static, static_match=match, timings=timings)
+                          adapter=adapter, single=single, static=static, static_match=match, timings=timings,
+                          loaded=loaded)
 
 
 @dataclass
@@ -310,3 +328,117 @@ def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: Compi
                                   max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size, cache=cache,
                                   progress=options.progress, log=log)
     return ProgramEvaluation(refusal=refusal, teacher_forced=forced, gates=gates, suites=report)
+
+
+# --------------------------------------------------------------------------- output
+REPORT_NAME = "compile_report.json"
+SAMPLES_NAME = "samples.jsonl"
+
+
+def forced_markdown(table: dict[str, dict[str, float]]) -> str:
+    if not table:
+        return ""
+    lines = ["| arm | effect on test targets (log-odds, teacher-forced) | KL from base on test neutral prompts |",
+             "|---|---|---|"]
+    lines += [f"| {arm} | {row['effect']:+.3f} | {row['kl']:.4f} |" for arm, row in table.items()]
+    return "\n".join(lines)
+
+
+def summary_markdown(result: ProgramCompile, evaluation: ProgramEvaluation | None) -> str:
+    """What the compile prints: the program, then every measured table."""
+    lines = ["Program (" + result.program.selection + " selection):"]
+    lines += [f"- {s.name}: {s.algorithm} at layer {s.layer}, strength {s.strength:g}" for s in result.program.strategies]
+    if result.static_match:
+        lines.append(f"Static baseline: {result.static_match['strategy']} always on at strength "
+                     f"{result.static_match['chosen_strength']:g} (val target refusal "
+                     f"{result.static_match['chosen_val_target_refusal']:.2f} vs adaptive "
+                     f"{result.static_match['adaptive_val_target_refusal']:.2f})")
+    if evaluation is not None:
+        from .gate_report import GateReport, format_gate_reports
+        lines += ["", evaluation.refusal.markdown(), "", forced_markdown(evaluation.teacher_forced), "",
+                  format_gate_reports([GateReport(**g) for g in evaluation.gates])]
+        if evaluation.suites is not None:
+            lines += ["", evaluation.suites.markdown()]
+    return "\n".join(lines)
+
+
+def save_program(result: ProgramCompile, evaluation: ProgramEvaluation | None, out: str | Path,
+                 previous_dir: str | Path | None = None, adapter: SteeringAdapter | None = None,
+                 extra_report: dict | None = None) -> Path:
+    """The adapter folder with the sample set(s) and the compile report, one atomic write.
+
+    With ``previous_dir`` (``--add-to``) the earlier issues' sample sets and reports are carried over,
+    and the new issue's are stored as ``samples-<recipe>.jsonl`` and ``compile_report-<recipe>.json``."""
+    from .evaluation import card_metrics
+    adapter = adapter or result.adapter
+    report = {**result.report(), "evaluation": evaluation.to_dict() if evaluation else None, **(extra_report or {})}
+    extra: dict[str, str] = {}
+    if previous_dir is None:
+        extra[SAMPLES_NAME] = result.samples.to_jsonl()
+        extra[REPORT_NAME] = json.dumps(report, indent=2, default=str) + "\n"
+    else:
+        previous_dir = Path(previous_dir)
+        for path in sorted(previous_dir.glob("samples*.jsonl")) + sorted(previous_dir.glob("compile_report*.json")):
+            extra[path.name] = path.read_text()
+        name = result.recipe.name
+        extra[f"samples-{name}.jsonl"] = result.samples.to_jsonl()
+        extra[f"compile_report-{name}.json"] = json.dumps(report, indent=2, default=str) + "\n"
+    if evaluation is not None and evaluation.suites is not None:
+        adapter.metrics = card_metrics(evaluation.suites, quick_table=evaluation.refusal.markdown())
+    elif evaluation is not None:
+        adapter.metrics = {"table": evaluation.refusal.table_rows(),
+                           "note": "Judged refusal rates on held-out test prompts (greedy decoding)."}
+    return adapter.save(out, extra_files=extra)
+
+
+PREVIOUS_ARM, MERGED_ARM = "previous", "merged"
+
+
+def evaluate_added(added: AddedIssue, loaded: LoadedModel, options: CompileOptions) -> dict:
+    """Held-out numbers for an added issue: the new issue moves (base vs previous vs merged), and every
+    earlier issue does not (previous vs merged on its own test split: no cross-talk)."""
+    from .evaluation import ResultCache, evaluate_refusal
+    arms = {BASE_ARM: None, PREVIOUS_ARM: added.previous, MERGED_ARM: added.merged}
+    cache = ResultCache()
+    out = {}
+    sets = [added.compiled.samples] + ([added.previous_samples] if added.previous_samples else [])
+    for samples in sets:
+        directions = held_out_directions(samples)
+        groups = {g: [s for s in samples.select(split="test") if (s.group or s.label) == g] for g in directions}
+        max_new_tokens = options.max_new_tokens or added.compiled.recipe.evaluation.max_new_tokens
+        refusal = evaluate_refusal(loaded.model, loaded.tokenizer, arms, groups, directions,
+                                   max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
+                                   progress=options.progress, cache=cache)
+        forced = teacher_forced_table(loaded, samples, arms, options.batch_size, options.progress)
+        out[samples.recipe] = {"refusal": refusal, "teacher_forced": forced}
+    return out
+
+
+def held_out_directions(samples: SampleSet) -> dict[str, str]:
+    """Test groups of a sample set and which way each should move: "up" for targets, "same" for neutral ones.
+    (Read from the samples, so an earlier issue's table needs nothing but its saved sample set.)"""
+    directions: dict[str, str] = {}
+    for s in samples.select(split="test"):
+        directions.setdefault(s.group or s.label, "up" if s.label == TARGET else "same")
+    return directions
+
+
+def run_adaptive(options: CompileOptions, adaptive: AdaptiveOptions, out: str | Path,
+                 add_to: str | Path | None = None, log: Callable[[str], None] = print) -> tuple[Path, str]:
+    """What ``masteer-compile --mode adaptive`` does: compile (or add to an adapter), measure, save, summarise."""
+    if add_to is None:
+        result = compile_program(options, adaptive, log=log)
+        loaded = result.loaded
+        evaluation = evaluate_program(result, loaded, options, log=log) if options.evaluate else None
+        return save_program(result, evaluation, out), summary_markdown(result, evaluation)
+    added = add_issue(options, add_to, adaptive, log=log)
+    tables = evaluate_added(added, added.compiled.loaded, options) if options.evaluate else {}
+    path = save_program(added.compiled, None, out, previous_dir=add_to, adapter=added.merged,
+                        extra_report={"added_to": str(add_to), "tables": {
+                            name: {"refusal": t["refusal"].to_dict(), "teacher_forced": t["teacher_forced"]}
+                            for name, t in tables.items()}})
+    lines = [summary_markdown(added.compiled, None)]
+    for name, t in tables.items():
+        lines += ["", f"Issue {name} (test split): base / previous adapter / merged adapter", "",
+                  t["refusal"].markdown(), "", forced_markdown(t["teacher_forced"])]
+    return path, "\n".join(lines)
