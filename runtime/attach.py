@@ -189,20 +189,8 @@ class SteeredModel(nn.Module):
     @torch.no_grad()
     def gate_activations(self, **inputs) -> dict[int, torch.Tensor]:
         """Per-token neuron outputs ``z`` [batch, seq, K] for each layer with neurons."""
-        captured: dict[int, torch.Tensor] = {}
-        handles = []
-        for key, steering in self.steering.items():
-            if not steering.has_neurons:
-                continue
-            def grab(module, args, layer=int(key), steering=steering):
-                captured[layer] = steering.activations(args[0]).float()
-            handles.append(mlp_module(self.base_model, int(key)).register_forward_pre_hook(grab))
-        try:
-            self.base_model(**inputs)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return captured
+        per_layer = self._read_neurons(lambda steering, x: steering.activations(x).float(), **inputs)
+        return {layer: z for layer, (_, z) in per_layer.items()}
 
     @torch.no_grad()
     def openings(self, **inputs) -> dict[str, torch.Tensor]:
@@ -211,15 +199,19 @@ class SteeredModel(nn.Module):
 
         One forward pass of the steered model, so a strategy on a later layer sees the steering of
         earlier ones, exactly as in generation. This is what ``masteer inspect`` prints."""
-        captured: dict[str, torch.Tensor] = {}
+        per_layer = self._read_neurons(lambda steering, x: steering.openings(x).float(), **inputs)
+        return {name: values[..., g] for steering, values in per_layer.values()
+                for g, name in enumerate(steering.groups)}
+
+    def _read_neurons(self, read, **inputs) -> dict[int, tuple[LayerSteering, torch.Tensor]]:
+        """One forward pass; ``read(steering, mlp_input)`` at every layer with neurons, keyed by layer."""
+        captured: dict[int, tuple[LayerSteering, torch.Tensor]] = {}
         handles = []
         for key, steering in self.steering.items():
             if not steering.has_neurons:
                 continue
-            def grab(module, args, steering=steering):
-                values = steering.openings(args[0]).float()
-                for g, name in enumerate(steering.groups):
-                    captured[name] = values[..., g]
+            def grab(module, args, layer=int(key), steering=steering):
+                captured[layer] = (steering, read(steering, args[0]))
             handles.append(mlp_module(self.base_model, int(key)).register_forward_pre_hook(grab))
         try:
             self.base_model(**inputs)

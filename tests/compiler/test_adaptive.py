@@ -20,19 +20,16 @@ from masteer.compiler.activations import encode_prompt  # noqa: E402
 from masteer.compiler.adaptive import MIN_COVERAGE_GAIN  # noqa: E402
 from masteer.compiler.adaptive_compile import AdaptiveOptions, compile_program  # noqa: E402
 from masteer.compiler.applicability import Applicability  # noqa: E402
-from masteer.compiler.builders import build_samples  # noqa: E402
 from masteer.compiler.gate_report import OPEN, PROGRAM, gate_reports  # noqa: E402
 from masteer.compiler.models import LoadedModel  # noqa: E402
 from masteer.compiler.pipeline import CompileOptions  # noqa: E402
 from masteer.compiler.program import Program, lower  # noqa: E402
-from masteer.compiler.recipes import load_recipe  # noqa: E402
 from masteer.compiler.samples import SampleSet  # noqa: E402
 from masteer.runtime import SteeredModel, bake  # noqa: E402
 from masteer.runtime.artifact import EXCLUSIVE  # noqa: E402
 from masteer.runtime.errors import LoweringError, MasteerError  # noqa: E402
 
 ALGORITHMS = ("mean_difference", "pca", "lda", "logistic_probe")
-PER_GROUP = 6
 
 
 # ------------------------------------------------------------------------------------ applicability
@@ -68,19 +65,6 @@ def test_applicability_targets_cap_takes_every_group_evenly():
 
 
 # ------------------------------------------------------------------------------------ the compile
-@pytest.fixture(scope="module")
-def small_samples(tmp_path_factory) -> Path:
-    full = build_samples(load_recipe("refusal"))
-    kept, counts = [], {}
-    for s in full.samples:
-        if counts.get((s.split, s.group), 0) < PER_GROUP:
-            counts[(s.split, s.group)] = counts.get((s.split, s.group), 0) + 1
-            kept.append(s)
-    path = tmp_path_factory.mktemp("samples") / "small.jsonl"
-    SampleSet(issue=full.issue, recipe=full.recipe, samples=kept, meta=full.meta).save(path)
-    return path
-
-
 def run(small_samples, selection="independent", seed=None):
     torch.set_num_threads(1)
     loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny-llama")

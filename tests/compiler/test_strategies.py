@@ -22,30 +22,13 @@ from tiny_models import byte_tokenizer, tiny_chat_model  # noqa: E402
 
 from masteer.compiler import cli  # noqa: E402
 from masteer.compiler.algorithms import available  # noqa: E402
-from masteer.compiler.builders import build_samples  # noqa: E402
 from masteer.compiler.models import LoadedModel  # noqa: E402
 from masteer.compiler.pipeline import CompileOptions, survey_strategies  # noqa: E402
-from masteer.compiler.recipes import load_recipe  # noqa: E402
-from masteer.compiler.samples import SampleSet  # noqa: E402
 from masteer.compiler.strategies import calibrate  # noqa: E402
 from masteer.runtime.errors import MasteerError  # noqa: E402
 
-PER_GROUP = 5
 LAYERS = (0, 1, 2)
 BUDGET = 0.05
-
-
-@pytest.fixture(scope="module")
-def small_samples(tmp_path_factory) -> Path:
-    full = build_samples(load_recipe("refusal"))
-    kept, counts = [], {}
-    for s in full.samples:
-        if counts.get((s.split, s.group), 0) < PER_GROUP:
-            counts[(s.split, s.group)] = counts.get((s.split, s.group), 0) + 1
-            kept.append(s)
-    path = tmp_path_factory.mktemp("samples") / "small.jsonl"
-    SampleSet(issue=full.issue, recipe=full.recipe, samples=kept, meta=full.meta).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
