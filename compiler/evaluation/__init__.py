@@ -1,0 +1,24 @@
+"""Measurement: a repair counts only if the target moves and the rest does not.
+
+- :mod:`.suites`: the evaluation suites, each with its metric, better direction and split.
+- :mod:`.harness`: :func:`evaluate` runs suites for several arms (base, static, adaptive, ...).
+- :mod:`.run`: ``masteer eval`` (:func:`run_eval`) and the end of a compile (:func:`evaluate_compile`).
+- :mod:`.likelihood` (teacher-forced scores), :mod:`.bootstrap` (intervals), :mod:`.overlap`
+  (compile samples are never evaluated on), :mod:`.cache` and :mod:`.generations` (resume),
+  :mod:`.report` (typed result, markdown, JSON), :mod:`.plots` (PNG), :mod:`.embeddings`.
+- :mod:`.refusal_table`: the compile's quick phrase-judged refusal table, also used to pick a layer.
+"""
+
+from .bootstrap import Estimate, ItemValues, bootstrap, paired_difference
+from .cache import ResultCache
+from .harness import Arm, evaluate
+from .overlap import SplitOverlapError, check_overlap
+from .refusal_table import Evaluation, GroupResult, binomial_halfwidth, evaluate_refusal
+from .report import EvalReport, write_report
+from .run import EvalOptions, card_metrics, evaluate_compile, render_report, run_eval
+from .suites import DEFAULT_SUITES, SUITES, Suite, compile_suites, load_suites
+
+__all__ = ["Arm", "DEFAULT_SUITES", "Estimate", "EvalOptions", "EvalReport", "Evaluation", "GroupResult",
+           "ItemValues", "ResultCache", "SUITES", "SplitOverlapError", "Suite", "binomial_halfwidth", "bootstrap",
+           "card_metrics", "check_overlap", "compile_suites", "evaluate", "evaluate_compile", "evaluate_refusal",
+           "load_suites", "paired_difference", "render_report", "run_eval", "write_report"]
