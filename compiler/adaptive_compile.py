@@ -41,7 +41,7 @@ from .strategies import DEFAULT_DRIFT_BUDGET, StrategyRow, library_table, strate
 
 GATEABLE = "neuron"                      # proposals a gate can carry (directions added at the MLP output)
 STATIC_MULTIPLES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # of the recipe strength, tried when matching the static arm
-COMPILE_STRENGTHS = (0.5,)               # static strength compared inside a compile (the survey tries more)
+COMPILE_STRENGTHS = (0.25, 0.5)          # static strengths compared inside a compile (the survey tries more)
 TRAIN_APPLICABILITY = 64                 # training targets scored per candidate to specialise its anchor
 
 
@@ -429,7 +429,8 @@ def run_adaptive(options: CompileOptions, adaptive: AdaptiveOptions, out: str | 
     if add_to is None:
         result = compile_program(options, adaptive, log=log)
         loaded = result.loaded
-        evaluation = evaluate_program(result, loaded, options, log=log) if options.evaluate else None
+        evaluation = evaluate_program(result, loaded, options, suites=options.suites, log=log) \
+            if options.evaluate else None
         return save_program(result, evaluation, out), summary_markdown(result, evaluation)
     added = add_issue(options, add_to, adaptive, log=log)
     tables = evaluate_added(added, added.compiled.loaded, options) if options.evaluate else {}

@@ -13,7 +13,7 @@ from typing import Callable
 from masteer.runtime.errors import MasteerError
 
 from . import datasets
-from .recipes import Recipe
+from .recipes import Recipe, is_recipe_reference, load_recipe
 from .samples import NEUTRAL, TARGET, Sample, SampleSet, dedupe
 
 # How many items of each source go to each split (train, val, test); small enough for a CPU compile.
@@ -64,7 +64,22 @@ def build_refusal(recipe: Recipe, seed: int | None = None) -> SampleSet:
                      meta={"builder": "refusal", "seed": seed, "splits": REFUSAL_SPLITS})
 
 
-BUILDERS: dict[str, Callable[[Recipe, int | None], SampleSet]] = {"refusal": build_refusal}
+def build_autotester(recipe: Recipe, seed: int | None = None) -> SampleSet:
+    """AutoTester recipes and free-text issues: analyst, retriever, writer, reviewer (``compiler/autotester``)."""
+    from .autotester.pipeline import build_for_recipe
+    return build_for_recipe(recipe, seed)
+
+
+BUILDERS: dict[str, Callable[[Recipe, int | None], SampleSet]] = {"refusal": build_refusal,
+                                                                   "autotester": build_autotester}
+
+
+def resolve_recipe(recipe_or_issue: str) -> Recipe:
+    """A built-in recipe name or TOML path -> that recipe; any other text is an issue in words -> its recipe."""
+    if is_recipe_reference(recipe_or_issue):
+        return load_recipe(recipe_or_issue)
+    from .autotester.issue import recipe_from_issue
+    return recipe_from_issue(recipe_or_issue)
 
 
 def build_samples(recipe: Recipe, seed: int | None = None) -> SampleSet:

@@ -55,10 +55,26 @@ def _compile_options(func):
         click.option("--layers", callback=_parse_layers, help="Candidate layers, e.g. 8,10,12 (default: recipe's)."),
         click.option("--strength", type=float, help="Multiple of the fitted direction (default: recipe's)."),
         click.option("--seed", type=int, help="Seed for splits and fitting (default: recipe's)."),
-        click.option("--algorithm", default="mean_difference", show_default=True, help="Steering algorithm."),
+        click.option("--mode", type=click.Choice(["adaptive", "single"]), default="adaptive", show_default=True,
+                     help="adaptive: the library's strategies, anchored and chosen per input (a program); "
+                          "single: one algorithm at one layer chosen on val."),
+        click.option("--algorithm", default="mean_difference", show_default=True,
+                     help="single mode: the steering algorithm."),
+        click.option("--algorithms", help="adaptive mode: comma-separated candidate algorithms (default: all)."),
+        click.option("--keep-layers", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="adaptive mode: best layers kept per algorithm as candidates."),
+        click.option("--selection", type=click.Choice(["independent", "exclusive"]), default="independent",
+                     show_default=True, help="adaptive mode: independent gates (bakeable) or at most one strategy "
+                                             "per layer and token (adapter only)."),
+        click.option("--budget", type=float, help="adaptive mode: drift budget, mean next-token KL (nats) on "
+                                                  "neutral prompts (default 0.05)."),
+        click.option("--add-to", "add_to", type=click.Path(file_okay=False, exists=True, path_type=Path),
+                     help="adaptive mode: add this issue to an existing adapter, leaving its strategies as they are."),
         click.option("--samples", "samples_path", type=click.Path(dir_okay=False),
                      help="Use this sample set (JSONL from `masteer samples`) instead of building one."),
         click.option("--no-eval", is_flag=True, help="Skip the before/after evaluation on the test split."),
+        click.option("--no-suites", is_flag=True, help="Only the quick judged table: skip the evaluation suites "
+                                                       "(MMLU, perplexity, KL with intervals)."),
         click.option("--max-new-tokens", type=int, help="Tokens generated per evaluation prompt."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
         click.option("--no-cache", is_flag=True, help="Capture activations again even if a stored capture matches."),
@@ -68,12 +84,25 @@ def _compile_options(func):
     return func
 
 
-def _run_compile(recipe, model, out, layers, strength, seed, algorithm, samples_path, no_eval, max_new_tokens,
-                 quiet, no_cache) -> None:
+def _run_compile(recipe, model, out, layers, strength, seed, mode, algorithm, algorithms, keep_layers, selection,
+                 budget, add_to, samples_path, no_eval, no_suites, max_new_tokens, quiet, no_cache) -> None:
     from .pipeline import CompileOptions, compile_recipe, save_result
     options = CompileOptions(recipe=recipe, model=model, layers=layers, strength=strength, seed=seed,
                              algorithm=algorithm, samples_path=samples_path, evaluate=not no_eval,
-                             max_new_tokens=max_new_tokens, progress=not quiet, cache_activations=not no_cache)
+                             suites=not no_suites, max_new_tokens=max_new_tokens, progress=not quiet,
+                             cache_activations=not no_cache)
+    if mode == "adaptive":
+        from .adaptive_compile import AdaptiveOptions, run_adaptive
+        from .strategies import DEFAULT_DRIFT_BUDGET
+        names = tuple(a.strip() for a in algorithms.split(",") if a.strip()) if algorithms else None
+        adaptive = AdaptiveOptions(algorithms=names, keep_layers=keep_layers, selection=selection,
+                                   budget=DEFAULT_DRIFT_BUDGET if budget is None else budget)
+        path, summary = run_adaptive(options, adaptive, out, add_to=add_to,
+                                     log=lambda line: click.echo(line, err=True))
+        click.echo(f"\nwrote {path}\n\n{summary}")
+        return
+    if add_to is not None or algorithms or selection != "independent":
+        raise click.UsageError("--add-to, --algorithms and --selection belong to --mode adaptive")
     result = compile_recipe(options, log=lambda line: click.echo(line, err=True))
     path = save_result(result, out)
     click.echo(f"\nwrote {path} (layer {result.chosen_layer}, strength {result.strength:g})")
@@ -85,7 +114,7 @@ def _run_compile(recipe, model, out, layers, strength, seed, algorithm, samples_
 @_compile_options
 @_user_errors
 def compile_command(**kwargs) -> None:
-    """Compile RECIPE (a built-in recipe name or a TOML file) into a steering adapter and measure it."""
+    """Compile RECIPE (a built-in recipe name, a TOML file, or an issue in words) into a steering adapter."""
     _run_compile(**kwargs)
 
 
@@ -111,16 +140,47 @@ def recipes() -> None:
 @click.argument("recipe")
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--seed", type=int)
+@click.option("--backend", type=click.Choice(["auto", "local", "openai", "none"]), default="auto", show_default=True,
+              help="Writer LLM: auto = the local model for an issue text, none for a recipe; openai reads "
+                   "MASTEER_OPENAI_BASE_URL / OPENAI_BASE_URL and OPENAI_API_KEY.")
+@click.option("--model", "-m", help="Writer model: a transformers id or path (local; default the embedded model), "
+                                    "or the served model name (openai).")
+@click.option("--no-llm", is_flag=True, help="Templates and retrieved seed items only.")
+@click.option("--no-cache", is_flag=True, help="Ask the backend again instead of reading its disk cache.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @_user_errors
-def samples(recipe: str, out: Path, seed: int | None) -> None:
-    """Build RECIPE's sample set (with fixed splits) and save it as JSONL to edit or inspect."""
-    from .builders import build_samples
-    from .recipes import load_recipe
-    sample_set = build_samples(load_recipe(recipe), seed)
+def samples(recipe: str, out: Path, seed: int | None, backend: str, model: str | None, no_llm: bool, no_cache: bool,
+            quiet: bool) -> None:
+    """Build a sample set for RECIPE (a recipe name or TOML file, or an issue in words) and save it as JSONL."""
+    from .autotester.pipeline import build_sample_set, format_summary
+    sample_set = build_sample_set(recipe, backend=backend, model=model, seed=seed, use_llm=not no_llm,
+                                  cache=not no_cache, progress=not quiet)
     sample_set.save(out)
-    for key, count in sample_set.summary().items():
-        click.echo(f"{key:40s} {count}")
+    if "autotester" in sample_set.meta:
+        click.echo(format_summary(sample_set))
+    else:
+        for key, count in sample_set.summary().items():
+            click.echo(f"{key:40s} {count}")
     click.echo(f"wrote {out} ({len(sample_set.samples)} samples, hash {sample_set.content_hash})")
+
+
+@main.command()
+@click.option("--model", "-m", default=EMBEDDED_NAME, show_default=True,
+              help="Base model or baked checkpoint: a transformers id or path, or the embedded default.")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="A compiled adapter folder to attach.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--api-key-env", default=None, help="Require 'Authorization: Bearer <key>' with the key read from "
+                                                  "this environment variable.")
+@_user_errors
+def serve(model: str, adapter: str | None, host: str, port: int, api_key_env: str | None) -> None:
+    """Serve MODEL (optionally with ADAPTER) as an OpenAI-compatible chat-completions endpoint."""
+    import os
+    from .serve import serve as run_server
+    key = os.environ.get(api_key_env) if api_key_env else None
+    if api_key_env and not key:
+        raise MasteerError(f"--api-key-env names {api_key_env}, which is not set")
+    run_server(model, adapter=adapter, host=host, port=port, api_key=key, log=lambda line: click.echo(line, err=True))
 
 
 @main.command()
@@ -157,6 +217,32 @@ def strategies(recipe, model, layers, algorithms, budget, keep_layers, samples_p
 
 @main.command()
 @click.argument("adapter", type=click.Path(path_type=Path))
+@click.argument("text")
+@click.option("--model", "-m", default=EMBEDDED_NAME, show_default=True, help="The adapter's base model.")
+@click.option("--raw", is_flag=True, help="Tokenize TEXT as it is, not as a chat user turn.")
+@click.option("--generate", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also answer TEXT with this many new tokens (greedy, adapter attached) and show them.")
+@click.option("--threshold", type=float, default=0.5, show_default=True, help="Openings at or above this are bold.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the numbers.")
+@_user_errors
+def inspect(adapter: Path, text: str, model: str, raw: bool, generate: int, threshold: float, json_out) -> None:
+    """Show, token by token, which strategies of ADAPTER fire on TEXT and how strongly (0 silent, 1 full)."""
+    from masteer.runtime import SteeringAdapter
+    from masteer.runtime.atomic import atomic_write_text
+    from .inspection import inspect_text
+    from .models import load_model
+    steering = SteeringAdapter.load(adapter)
+    loaded = load_model(model)
+    result = inspect_text(loaded.model, loaded.tokenizer, steering, text, chat=not raw, generate=generate)
+    click.echo(result.table(threshold))
+    fired = ", ".join(f"{name}: {count}" for name, count in result.fired(threshold).items())
+    click.echo(f"\ntokens open (>= {threshold:g}) per strategy: {fired or 'no gated strategies'}")
+    if json_out:
+        atomic_write_text(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
+
+
+@main.command()
+@click.argument("adapter", type=click.Path(path_type=Path))
 @click.option("--model", "-m", default=EMBEDDED_NAME, show_default=True, help="The adapter's base model.")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Multiply every strength by this.")
@@ -170,6 +256,50 @@ def bake(adapter: Path, model: str, out: Path, scale: float) -> None:
     loaded = load_model(model)
     path = bake_checkpoint(loaded.model, steering, out, tokenizer=loaded.tokenizer, scale=scale)
     click.echo(f"wrote {path}: load it with AutoModelForCausalLM.from_pretrained({str(path)!r})")
+
+
+@main.command(name="eval")
+@click.option("--model", "-m", default=EMBEDDED_NAME, show_default=True, help="The base model (id, path or embedded).")
+@click.option("--adapter", "adapters", multiple=True, type=click.Path(file_okay=False),
+              help="An adapter folder to evaluate against the base (repeatable).")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(file_okay=False),
+              help="A baked checkpoint folder to evaluate against the base (repeatable).")
+@click.option("--suite", "suites", multiple=True,
+              help="A suite name, or 'all' (repeatable; default: refusal, over-refusal, over-refusal-benign, "
+                   "mmlu, perplexity, kl).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default="out/eval", show_default=True,
+              help="Report folder; its cache.jsonl lets an interrupted run resume.")
+@click.option("--samples", "samples_path", type=click.Path(dir_okay=False),
+              help="The compile's sample set (default: samples.jsonl inside the adapter folder).")
+@click.option("--target", "targets", multiple=True, help="A suite the repair should move (default: the recipe's).")
+@click.option("--split", type=click.Choice(["auto", "packaged"]), default="auto", show_default=True,
+              help="auto: refusal-type suites use the compile's test split when the sample set is known.")
+@click.option("--n", "n", type=click.IntRange(min=1), help="At most this many items per suite.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=24, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--fresh", is_flag=True, help="Ignore finished work cached in --out.")
+@click.option("--card", is_flag=True, help="Write the headline metrics into each adapter's model card.")
+@click.option("--render", "render", type=click.Path(dir_okay=False),
+              help="Only re-render a saved report (eval_report.json or compile_report.json) into --out.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@_user_errors
+def eval_command(model, adapters, checkpoints, suites, out, samples_path, targets, split, n, max_new_tokens,
+                 batch_size, seed, fresh, card, render, quiet) -> None:
+    """Evaluate MODEL (and adapters or baked checkpoints) on the evaluation suites; write a report."""
+    from .evaluation import EvalOptions, render_report, run_eval
+    if render:
+        report, paths = render_report(render, out)
+        click.echo(report.markdown())
+        click.echo("\nwrote " + ", ".join(str(p) for p in paths.values()))
+        return
+    options = EvalOptions(model=model, adapters=adapters, checkpoints=checkpoints, suites=suites, out=out,
+                          samples_path=samples_path, targets=targets or None, split=split, n=n,
+                          max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, resume=not fresh,
+                          card=card, progress=not quiet)
+    report, paths = run_eval(options, log=lambda line: click.echo(line, err=True))
+    click.echo(report.markdown())
+    click.echo("\nwrote " + ", ".join(str(p) for p in paths.values()))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,10 +27,10 @@ from .activation_store import ActivationStore
 from .activations import COMPLETION, PROMPT_TAIL, Activations, capture
 from .algorithms import FitInputs, Proposal, available, get_algorithm
 from .anchors import Gate, fit_gate
-from .builders import build_samples
-from .evaluation import Evaluation, evaluate_refusal
+from .builders import build_samples, resolve_recipe
+from .evaluation import Evaluation, ResultCache, card_metrics, evaluate_compile, evaluate_refusal
 from .models import EMBEDDED_NAME, LoadedModel, load_model
-from .recipes import Recipe, load_recipe
+from .recipes import Recipe
 from .samples import NEUTRAL, TARGET, Sample, SampleSet
 from .strategies import DEFAULT_DRIFT_BUDGET, MIN_EFFECT, StrategyRow, as_dicts, format_table, library_table
 
@@ -51,6 +51,7 @@ class CompileOptions:
     algorithm: str = "mean_difference"
     samples_path: str | None = None     # a saved (possibly hand-edited) sample set instead of the builder
     evaluate: bool = True
+    suites: bool = True                 # after the quick table, the evaluation suites with intervals (slower)
     max_new_tokens: int | None = None
     batch_size: int = 16
     progress: bool = True
@@ -215,7 +216,7 @@ def val_rates(loaded: LoadedModel, adapter: SteeringAdapter | None, val: dict[st
 # --------------------------------------------------------------------------- the compile
 def _prepare(options: CompileOptions, loaded: LoadedModel | None, log: Callable[[str], None]):
     """Recipe, checked samples, model, candidate layers, seed and strength, with every input validated."""
-    recipe = load_recipe(options.recipe)
+    recipe = resolve_recipe(options.recipe)  # a recipe name or file, or an issue in words (AutoTester)
     seed = recipe.defaults.seed if options.seed is None else options.seed
     layers = tuple(options.layers or recipe.defaults.layers)
     strength = recipe.defaults.strength if options.strength is None else float(options.strength)
@@ -297,14 +298,21 @@ def compile_recipe(options: CompileOptions, loaded: LoadedModel | None = None,
         if missing:
             raise MasteerError(f"{recipe.path}: evaluation groups {missing} have no test samples")
         max_new_tokens = options.max_new_tokens or recipe.evaluation.max_new_tokens
+        cache = ResultCache()  # the suites below reuse the quick table's generations
         evaluation = evaluate_refusal(loaded.model, loaded.tokenizer,
                                       {BASE_ARM: None, STATIC_ARM: static, GATED_ARM: adapter}, groups,
                                       recipe.evaluation.groups, max_new_tokens=max_new_tokens,
-                                      batch_size=2 * options.batch_size, progress=options.progress)
+                                      batch_size=2 * options.batch_size, progress=options.progress, cache=cache)
+        if options.suites:
+            evaluation.suites = evaluate_compile(loaded.model, loaded.tokenizer, samples, recipe.evaluation.groups,
+                                                 {BASE_ARM: None, STATIC_ARM: static, "adaptive": adapter},
+                                                 max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
+                                                 cache=cache, seed=seed, progress=options.progress, log=log)
+            adapter.metrics = card_metrics(evaluation.suites, quick_table=evaluation.table_markdown())
+        else:
+            adapter.metrics = {"table": evaluation.table_rows(),
+                               "note": "Judged refusal rates on held-out test prompts (greedy decoding)."}
         timings["evaluate"] = time.perf_counter() - clock
-        adapter.metrics = {"table": evaluation.table_rows(),
-                           "note": f"Refusal rates on held-out test prompts ({evaluation.settings['decoding']}, "
-                                   f"{max_new_tokens} new tokens, phrase-matching refusal judge)."}
     return CompileResult(recipe=recipe, samples=samples, adapter=adapter, static_adapter=static,
                          candidates=candidates, chosen_layer=chosen, strength=strength, evaluation=evaluation,
                          val_base=base_val, timings=timings)

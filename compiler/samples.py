@@ -34,6 +34,10 @@ class Sample:
     negative: str | None = None   # the undesired completion (e.g. compliance)
     source: str = ""              # where the prompt came from (dataset and item id)
     group: str = ""               # evaluation group, e.g. "harmful", "benign-edgy"
+    # Added for the AutoTester; left at their defaults they are not written and not hashed, so sample
+    # sets saved before these fields existed load unchanged and keep their content hash.
+    scenario: str = ""            # the issue scenario the sample exercises (AutoTester balances over these)
+    provenance: dict | None = field(default=None, hash=False)  # agent, backend, model, seed item, method
 
     @property
     def has_pair(self) -> bool:
@@ -57,7 +61,7 @@ class SampleSet:
     def content_hash(self) -> str:
         digest = hashlib.sha256()
         for s in self.samples:
-            digest.update(json.dumps(asdict(s), sort_keys=True).encode())
+            digest.update(json.dumps(sample_dict(s), sort_keys=True).encode())
         return digest.hexdigest()[:16]
 
     def summary(self) -> dict[str, int]:
@@ -70,7 +74,7 @@ class SampleSet:
     def to_jsonl(self) -> str:
         """A header line with issue/recipe/meta, then one line per sample."""
         header = json.dumps({"masteer_samples": 1, "issue": self.issue, "recipe": self.recipe, "meta": self.meta})
-        return "".join([header + "\n"] + [json.dumps(asdict(s)) + "\n" for s in self.samples])
+        return "".join([header + "\n"] + [json.dumps(sample_dict(s)) + "\n" for s in self.samples])
 
     def save(self, path: str | os.PathLike) -> Path:
         """Written atomically: a reader never sees half a sample set."""
@@ -81,13 +85,18 @@ class SampleSet:
         path = Path(path)
         if not path.is_file():
             raise MasteerError(f"sample file {path} does not exist")
-        lines = path.read_text().splitlines()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise MasteerError(f"{path}: not UTF-8 text ({exc}); sample files are UTF-8 JSONL") from None
         try:
             header = json.loads(lines[0]) if lines else {}
         except json.JSONDecodeError as exc:
             raise MasteerError(f"{path}:1: not JSON: {exc}") from None
-        if "masteer_samples" not in header:
-            raise MasteerError(f"{path}:1: missing the masteer_samples header line")
+        if not isinstance(header, dict) or "masteer_samples" not in header:
+            raise MasteerError(f"{path}:1: missing the masteer_samples header line (a JSON object)")
+        if not isinstance(header.get("meta", {}), dict):
+            raise MasteerError(f"{path}:1: header field 'meta' must be an object")
         samples = []
         for number, line in enumerate(lines[1:], start=2):
             if not line.strip():
@@ -100,8 +109,33 @@ class SampleSet:
                    meta=header.get("meta", {}))
 
 
+_NEW_FIELDS = {"scenario": "", "provenance": None}  # written only when set (see Sample)
+_OPTIONAL_TEXT = ("positive", "negative")
+_TEXT = ("id", "source", "group", "scenario")
+
+
+def sample_dict(sample: Sample) -> dict:
+    """The JSON form of a sample: every original field, the AutoTester fields only when set."""
+    data = asdict(sample)
+    for key, default in _NEW_FIELDS.items():
+        if data[key] == default:
+            del data[key]
+    return data
+
+
 def _sample_from_dict(data: dict) -> Sample:
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a JSON object, got {type(data).__name__}")
     sample = Sample(**data)
+    for name in _TEXT:
+        if not isinstance(getattr(sample, name), str):
+            raise ValueError(f"field {name!r} must be a string, got {type(getattr(sample, name)).__name__}")
+    for name in _OPTIONAL_TEXT:
+        value = getattr(sample, name)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"field {name!r} must be a string or null, got {type(value).__name__}")
+    if sample.provenance is not None and not isinstance(sample.provenance, dict):
+        raise ValueError(f"field 'provenance' must be an object or null, got {type(sample.provenance).__name__}")
     if sample.label not in (TARGET, NEUTRAL):
         raise ValueError(f"label must be {TARGET!r} or {NEUTRAL!r}, got {sample.label!r}")
     if sample.split not in SPLITS:
@@ -111,10 +145,19 @@ def _sample_from_dict(data: dict) -> Sample:
     return sample
 
 
+def prompt_key(prompt: str) -> str:
+    """The identity of a prompt for duplicates and split overlap: case and all whitespace runs ignored.
+
+    ``pipeline.check_disjoint`` compares prompts the same way; the two must agree, or a set that
+    ``dedupe`` let through could be rejected by the compile for sharing a prompt across splits.
+    """
+    return " ".join(prompt.lower().split())
+
+
 def dedupe(samples: Iterable[Sample]) -> list[Sample]:
     seen, out = set(), []
     for s in samples:
-        key = s.prompt.strip().lower()
+        key = prompt_key(s.prompt)
         if key not in seen:
             seen.add(key)
             out.append(s)

