@@ -13,9 +13,11 @@ directions at their layers) this stage:
    neutral tokens and on targets where it does nothing or harm. A candidate that helps too few
    samples keeps its base anchor;
 4. prunes candidates that win (largest effect) on no val sample;
-5. chooses the program greedily on val: start from the best single gated strategy, add the candidate
+5. chooses the program greedily on val: start from the best single gated strategy (by the recipe's own
+   behaviour score where it has one, e.g. judged refusal of short greedy answers; else by val log-odds), add the candidate
    (among the ``POOL_SIZE`` that win most often) that most raises *coverage* (the share of val targets moved by at least half of what the best single
-   strategy typically achieves; ties by mean effect) while the program's drift stays within budget;
+   strategy typically achieves; ties by mean effect) while the program's drift stays within budget
+   and, where the recipe has a behaviour score, that score does not fall;
    stop when a step gains less than ``MIN_COVERAGE_GAIN``. Coverage and not the mean effect is the
    objective because two strategies firing on one input push it twice as far: the mean effect would
    reward that, coverage rewards reaching inputs that no chosen strategy reaches yet.
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from masteer.runtime import SteeringAdapter
 from masteer.runtime.artifact import INDEPENDENT
@@ -68,6 +71,7 @@ class SearchRecord:
     moved_threshold: float = float("nan")
     train_applicability: dict = field(default_factory=dict)
     val_applicability: dict = field(default_factory=dict)
+    start_scores: list[dict] = field(default_factory=list)   # behaviour scores of the start candidates, if any
 
 
 @dataclass
@@ -85,6 +89,12 @@ class ProgramContext:
     val_scorer: HeldOutScorer           # val targets and val neutral prompts
     val_ids: list[str]
     budget: float
+    # The recipe's own behaviour score of an adapter on val (for refusal: judged refusal rate on val targets
+    # minus val neutral prompts, from short greedy answers). When given, it picks the program's first
+    # strategy and its anchor (specialised or base), because the teacher-forced log-odds that rank
+    # coverage need not track what greedy decoding does (measured: an LDA strategy with the largest val
+    # log-odds effect, +0.44, raised harmful refusal on test by 2.5 points only).
+    start_score: Callable[[SteeringAdapter], float] | None = None
 
     def sequences_of(self, sample_ids: set[str], split: str) -> list[int]:
         """Sequences of these samples that show the prompt and, if any, the desired completion."""
@@ -158,12 +168,17 @@ def build_program(ctx: ProgramContext, candidates: Sequence[Candidate], selectio
     if not within:
         raise ValueError(f"no gated candidate stays within the drift budget {ctx.budget:g} on val neutral prompts "
                          f"(drifts: {record.val_applicability['drift']})")
-    best = max(within, key=lambda n: (float(val_app.effect[val_app.index(n)].mean()), n))
-    threshold = max(COVERAGE_FRACTION * float(val_app.effect[val_app.index(best)].median()), MIN_MOVED_EFFECT)
+    if ctx.start_score is None:
+        best = max(within, key=lambda n: (float(val_app.effect[val_app.index(n)].mean()), n))
+        effect, drift = val_app.effect[val_app.index(best)], val_app.drift[val_app.index(best)]
+        behaviour = float("nan")   # no behaviour score: val log-odds coverage alone decides
+    else:
+        best, strategies[best], effect, drift, behaviour = start_by_behaviour(
+            ctx, candidates, strategies, base_gates, val_app, selection, record, progress, log)
+    threshold = max(COVERAGE_FRACTION * float(effect.median()), MIN_MOVED_EFFECT)
     record.moved_threshold = threshold
     record.pruned = [n for n in strategies if wins[n] == 0 and n != best]
     chosen = [best]
-    effect, drift = val_app.effect[val_app.index(best)], val_app.drift[val_app.index(best)]
     record.steps.append({"chosen": best, "coverage": coverage(effect, threshold),
                          "mean_effect": round(float(effect.mean()), 4), "drift": round(drift, 5)})
     log(f"program: start with {best} (val coverage {coverage(effect, threshold):.2f}, mean effect "
@@ -187,6 +202,17 @@ def build_program(ctx: ProgramContext, candidates: Sequence[Candidate], selectio
         if gain < MIN_COVERAGE_GAIN:
             record.steps.append({**step, "chosen": None, "why": f"best coverage gain {gain:+.3f} < {MIN_COVERAGE_GAIN}"})
             break
+        if ctx.start_score is not None:   # the recipe's own behaviour must not get worse (e.g. more neutral refusals)
+            trial_behaviour = float(ctx.start_score(program_adapter(ctx, [strategies[n] for n in chosen + [name]],
+                                                                    selection)))
+            step["behaviour"] = {"before": round(behaviour, 4), "with": round(trial_behaviour, 4), "name": name}
+            if trial_behaviour < behaviour:
+                record.steps.append({**step, "chosen": None,
+                                     "why": f"adding {name} lowers the val behaviour score {behaviour:+.3f} -> "
+                                            f"{trial_behaviour:+.3f}"})
+                log(f"program: not adding {name}: val behaviour score {behaviour:+.3f} -> {trial_behaviour:+.3f}")
+                break
+            behaviour = trial_behaviour
         chosen.append(name)
         pool.remove(name)
         effect, drift = tried[name]
@@ -195,6 +221,37 @@ def build_program(ctx: ProgramContext, candidates: Sequence[Candidate], selectio
         log(f"program: + {name} (val coverage {scored[name][0]:.2f}, mean effect {scored[name][1]:+.3f}, "
             f"drift {drift:.4f})")
     return Program([strategies[n] for n in chosen], selection), record
+
+
+def start_by_behaviour(ctx: ProgramContext, candidates: Sequence[Candidate], strategies: dict[str, ProgramStrategy],
+                       base_gates: dict[str, Gate], val_app, selection: str, record: SearchRecord, progress: bool,
+                       log: Callable[[str], None]) -> tuple[str, ProgramStrategy, torch.Tensor, float, float]:
+    """The first strategy by ``ctx.start_score``: every candidate with its specialised anchor and, where that
+    differs, its base anchor, within the drift budget; ties by val log-odds effect. Returns the name, the
+    strategy (with the winning anchor), its per-sample val effect, its drift and its score."""
+    variants = []
+    for c in candidates:
+        k = val_app.index(c.name)
+        variants.append((c.name, "specialised", strategies[c.name], val_app.effect[k], val_app.drift[k]))
+        if strategies[c.name].gate is not base_gates[c.name]:
+            plain = strategy_of(c, base_gates[c.name])
+            effect, drift = score_adapter(ctx.model, ctx.val_scorer, program_adapter(ctx, [plain], selection))
+            variants.append((c.name, "base", plain, effect, drift))
+    scored = []
+    for name, anchor, strategy, effect, drift in tqdm(variants, desc="start strategy (val behaviour)",
+                                                      disable=not progress, leave=False):
+        row = {"name": name, "anchor": anchor, "val_effect": round(float(effect.mean()), 4),
+               "val_drift": round(float(drift), 5)}
+        if drift <= ctx.budget:
+            row["score"] = round(float(ctx.start_score(program_adapter(ctx, [strategy], selection))), 4)
+            scored.append((row["score"], float(effect.mean()), name, anchor, strategy, effect, drift))
+        record.start_scores.append(row)
+    if not scored:
+        raise ValueError(f"no gated candidate stays within the drift budget {ctx.budget:g} on val neutral prompts")
+    score, _, name, anchor, strategy, effect, drift = max(scored, key=lambda t: (t[0], t[1], t[2], t[3]))
+    log(f"program: start strategy by val behaviour: {name} ({anchor} anchor, score {score:+.3f}); "
+        + ", ".join(f"{r['name']}/{r['anchor']} {r.get('score', float('nan')):+.3f}" for r in record.start_scores))
+    return name, strategy, effect, float(drift), score
 
 
 def applicability_targets(samples: Sequence[Sample], limit: int | None = None

@@ -40,14 +40,20 @@ from .scoring import HeldOutScorer
 from .strategies import DEFAULT_DRIFT_BUDGET, StrategyRow, library_table, strategy_adapter
 
 GATEABLE = "neuron"                      # proposals a gate can carry (directions added at the MLP output)
+# Library algorithms whose proposals are never gateable (weight orthogonalisation, norm-preserving rotation):
+# a program cannot carry them, so by default a compile does not spend time scoring them (about a third of
+# the library stage); `masteer strategies` and `--algorithms all` still survey them.
+UNGATED_ALGORITHMS = ("directional_ablation", "rotation")
 STATIC_MULTIPLES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # of the recipe strength, tried when matching the static arm
+MATCH_TOLERANCE = 0.05                   # "matched": static val target refusal within 5 points of the program's
+MATCH_BISECTIONS = 4                     # extra strengths tried between two multiples to get there
 COMPILE_STRENGTHS = (0.25, 0.5)          # static strengths compared inside a compile (the survey tries more)
 TRAIN_APPLICABILITY = 64                 # training targets scored per candidate to specialise its anchor
 
 
 @dataclass
 class AdaptiveOptions:
-    algorithms: tuple[str, ...] | None = None   # None: every registered algorithm
+    algorithms: tuple[str, ...] | None = None   # None: every registered algorithm a gate can carry; ("all",): all
     keep_layers: int = 1                         # best layers per algorithm kept as candidates
     budget: float = DEFAULT_DRIFT_BUDGET
     selection: str = INDEPENDENT
@@ -86,6 +92,20 @@ def candidates_from(rows: Sequence[StrategyRow], proposals: dict, recipe: Recipe
     return out
 
 
+def behaviour_score(recipe: Recipe, loaded: LoadedModel, val: Sequence[Sample], options: CompileOptions):
+    """For a refusal-metric recipe, an adapter's val refusal gap (targets minus neutral prompts, short greedy
+    answers, judged) to pick the program's first strategy; other metrics: None (val log-odds decide)."""
+    if recipe.evaluation.metric != "refusal":
+        return None
+    groups = {TARGET: [s for s in val if s.label == TARGET], NEUTRAL: [s for s in val if s.label == NEUTRAL]}
+    quiet = replace(options, progress=False)
+
+    def score(adapter: SteeringAdapter) -> float:
+        rates = val_rates(loaded, adapter, groups, quiet)
+        return rates[TARGET] - rates[NEUTRAL]
+    return score
+
+
 def best_static(rows: Sequence[StrategyRow]) -> StrategyRow | None:
     """The calibrated always-on strategy with the largest val effect within the budget (ablation excluded:
     its strength is a fraction removed, not a size to match)."""
@@ -95,26 +115,43 @@ def best_static(rows: Sequence[StrategyRow]) -> StrategyRow | None:
 
 def match_static(loaded: LoadedModel, base: SteeringAdapter, proposal, target_rate: float, val: dict, options,
                  strength: float, log: Callable[[str], None]) -> tuple[SteeringAdapter, dict]:
-    """The always-on strategy at the multiple of ``strength`` whose val target refusal is closest to ``target_rate``.
+    """The always-on strategy at the strength whose val target refusal is closest to ``target_rate``.
 
-    Strengths are tried from the smallest up and the search stops at the first that reaches the target
-    rate (a larger one only over-steers)."""
+    Multiples of ``strength`` are tried from the smallest up until one reaches the target rate (a larger
+    one only over-steers); then the strength is bisected between the last two, at most
+    ``MATCH_BISECTIONS`` times, until a rate comes within ``MATCH_TOLERANCE`` of the target."""
     tried = []
-    best = None
-    for multiple in STATIC_MULTIPLES:
+
+    def attempt(value: float) -> tuple[SteeringAdapter, float]:
         adapter = strategy_adapter(base, proposal)
         for spec in adapter.strategies:
-            spec.strength = multiple * strength
+            spec.strength = value
         rate = val_rates(loaded, adapter, {TARGET: val[TARGET]}, options)[TARGET]
-        tried.append({"strength": multiple * strength, "val_target_refusal": round(rate, 4)})
+        tried.append({"strength": round(value, 6), "val_target_refusal": round(rate, 4)})
+        log(f"static match: strength {value:.4g} -> val target refusal {rate:.2f} (adaptive {target_rate:.2f})")
+        return adapter, rate
+
+    best, lo, hi = None, 0.0, None   # strength 0 is the base model, below any target worth matching
+    for multiple in STATIC_MULTIPLES:
+        value = multiple * strength
+        adapter, rate = attempt(value)
         if best is None or abs(rate - target_rate) < abs(best[1] - target_rate):
-            best = (adapter, rate, multiple * strength)
-        log(f"static match: strength {multiple * strength:g} -> val target refusal {rate:.2f} "
-            f"(adaptive {target_rate:.2f})")
+            best = (adapter, rate, value)
         if rate >= target_rate:
+            hi = value
             break
+        lo = value
+    for _ in range(MATCH_BISECTIONS if hi is not None else 0):
+        if abs(best[1] - target_rate) <= MATCH_TOLERANCE:
+            break
+        value = (lo + hi) / 2
+        adapter, rate = attempt(value)
+        if abs(rate - target_rate) < abs(best[1] - target_rate):
+            best = (adapter, rate, value)
+        lo, hi = (value, hi) if rate < target_rate else (lo, value)
     return best[0], {"adaptive_val_target_refusal": round(target_rate, 4), "tried": tried,
-                     "chosen_strength": best[2], "chosen_val_target_refusal": round(best[1], 4)}
+                     "chosen_strength": round(best[2], 6), "chosen_val_target_refusal": round(best[1], 4),
+                     "matched": abs(best[1] - target_rate) <= MATCH_TOLERANCE}
 
 
 def shut_on(others: Sequence[Sample], samples: SampleSet) -> list[Sample]:
@@ -133,6 +170,14 @@ def shut_on(others: Sequence[Sample], samples: SampleSet) -> list[Sample]:
     return out
 
 
+def program_algorithms(adaptive: AdaptiveOptions) -> tuple[str, ...]:
+    """The algorithms a compile fits: the named ones, every registered one for ``all``, by default every
+    registered one except those a gate cannot carry (``UNGATED_ALGORITHMS``)."""
+    if adaptive.algorithms == ("all",):
+        return tuple(available())
+    return adaptive.algorithms or tuple(a for a in available() if a not in UNGATED_ALGORITHMS)
+
+
 def check_adaptive_options(adaptive: AdaptiveOptions) -> None:
     if not (math.isfinite(adaptive.budget) and adaptive.budget > 0):
         raise MasteerError(f"the drift budget must be a positive number of nats, got {adaptive.budget}")
@@ -140,7 +185,9 @@ def check_adaptive_options(adaptive: AdaptiveOptions) -> None:
         raise MasteerError("keep_layers and max_strategies must be at least 1")
     if adaptive.selection not in SELECTIONS:
         raise MasteerError(f"selection must be one of {', '.join(SELECTIONS)}, got {adaptive.selection!r}")
-    unknown = sorted(set(adaptive.algorithms or ()) - set(available()))
+    if adaptive.algorithms and "all" in adaptive.algorithms and len(adaptive.algorithms) > 1:
+        raise MasteerError("algorithms: 'all' stands alone (it means every registered algorithm)")
+    unknown = sorted(set(adaptive.algorithms or ()) - set(available()) - {"all"})
     if unknown:
         raise MasteerError(f"unknown algorithm(s) {', '.join(unknown)}; available: {', '.join(available())}")
 
@@ -171,7 +218,7 @@ def compile_program(options: CompileOptions, adaptive: AdaptiveOptions | None = 
     val_pairs = (seqs.indices("positive", paired=True, split="val"), seqs.indices("negative", paired=True, split="val"))
     proposals: dict = {}
     rows = library_table(loaded.model, loaded.tokenizer, base, seqs.fit_inputs(acts), val_pairs, val, layers,
-                         algorithms=adaptive.algorithms, keep_layers=adaptive.keep_layers, budget=adaptive.budget,
+                         algorithms=program_algorithms(adaptive), keep_layers=adaptive.keep_layers, budget=adaptive.budget,
                          batch_size=options.batch_size, progress=options.progress, log=log,
                          strengths=COMPILE_STRENGTHS, proposals_out=proposals)
     timings["library"] = time.perf_counter() - clock
@@ -189,7 +236,8 @@ def compile_program(options: CompileOptions, adaptive: AdaptiveOptions | None = 
                          train_ids=train_ids,
                          val_scorer=HeldOutScorer(loaded.model, loaded.tokenizer, val_items, neutral_val,
                                                   options.batch_size),
-                         val_ids=val_ids, budget=adaptive.budget)
+                         val_ids=val_ids, budget=adaptive.budget,
+                         start_score=behaviour_score(recipe, loaded, val, options))
     program, search = build_program(ctx, candidates, selection=adaptive.selection,
                                     max_strategies=adaptive.max_strategies, progress=options.progress, log=log)
     adapter = lower(program, new_adapter(loaded, samples, recipe))

@@ -60,7 +60,8 @@ def _compile_options(func):
                           "single: one algorithm at one layer chosen on val."),
         click.option("--algorithm", default="mean_difference", show_default=True,
                      help="single mode: the steering algorithm."),
-        click.option("--algorithms", help="adaptive mode: comma-separated candidate algorithms (default: all)."),
+        click.option("--algorithms", help="adaptive mode: comma-separated candidate algorithms, or 'all' "
+                                          "(default: those a gate can carry: all but directional_ablation, rotation)."),
         click.option("--keep-layers", type=click.IntRange(min=1), default=1, show_default=True,
                      help="adaptive mode: best layers kept per algorithm as candidates."),
         click.option("--selection", type=click.Choice(["independent", "exclusive"]), default="independent",

@@ -90,6 +90,32 @@ def test_the_program_starts_from_the_best_single_gated_strategy(compiled):
     assert result.single.strategies[0].strategy == best["name"]
 
 
+def test_a_behaviour_score_picks_the_start_strategy_and_its_anchor(small_samples, monkeypatch):
+    """Where the recipe has its own behaviour score (refusal: judged val answers), it, not the val
+    log-odds, picks the first strategy, trying each candidate's specialised and base anchor."""
+    from masteer.compiler import adaptive_compile
+    scored = []
+
+    def fake_score(recipe, loaded, val, options):
+        def score(adapter):   # prefers pca, whatever the val log-odds say
+            scored.append(adapter.strategies[0].strategy)
+            return 1.0 if "pca" in adapter.strategies[0].strategy else 0.0
+        return score
+    monkeypatch.setattr(adaptive_compile, "behaviour_score", fake_score)
+    _, result = run(small_samples)
+    search = result.search
+    assert result.program.names[0] == search.steps[0]["chosen"] == f"refusal-pca-L{_layer(result, 'pca')}"
+    rows = search.start_scores
+    assert {r["name"] for r in rows} == {c["name"] for c in search.candidates}
+    assert all("score" in r for r in rows)          # budget 10: every variant is scored
+    assert {r["anchor"] for r in rows} <= {"specialised", "base"}
+    assert len(rows) == len(scored) >= len(search.candidates)
+
+
+def _layer(result, algorithm):
+    return next(r.layer for r in result.library if r.algorithm == algorithm and r.kept)
+
+
 def test_every_accepted_step_raised_coverage_and_the_last_says_why_it_stopped(compiled):
     _, result = compiled
     steps = result.search.steps
@@ -274,3 +300,38 @@ def test_adding_to_an_adapter_for_another_model_names_both(compiled, small_sampl
     options = CompileOptions(layers=(0, 1, 2), samples_path=str(small_samples), progress=False, evaluate=False)
     with pytest.raises(FingerprintMismatch):
         add_issue(options, tmp_path / "old", loaded=other, log=lambda _: None)
+
+
+def test_default_algorithms_are_the_gateable_ones_and_all_means_every_one():
+    from masteer.compiler.adaptive_compile import UNGATED_ALGORITHMS, check_adaptive_options, program_algorithms
+    from masteer.compiler.algorithms import available
+    default = program_algorithms(AdaptiveOptions())
+    assert set(default) == set(available()) - set(UNGATED_ALGORITHMS) and "mean_difference" in default
+    assert program_algorithms(AdaptiveOptions(algorithms=("all",))) == tuple(available())
+    assert program_algorithms(AdaptiveOptions(algorithms=("lda",))) == ("lda",)
+    with pytest.raises(MasteerError, match="'all' stands alone"):
+        check_adaptive_options(AdaptiveOptions(algorithms=("all", "lda")))
+    with pytest.raises(MasteerError, match="unknown algorithm.*nope"):
+        check_adaptive_options(AdaptiveOptions(algorithms=("nope",)))
+
+
+def test_static_match_bisects_to_within_five_points_of_the_program(monkeypatch):
+    """The coarse multiples bracket the program's val refusal; bisection then matches it (issue: compare
+    static and adaptive at matched target effect, not at whatever the grid offers)."""
+    from masteer.compiler import adaptive_compile
+    from masteer.compiler.algorithms import Proposal
+    from masteer.compiler.samples import TARGET
+    from masteer.runtime import SteeringAdapter
+    base = SteeringAdapter(base_model_name_or_path="m", fingerprint="f", host_form="gated", activation="silu")
+
+    def fake_rates(loaded, adapter, groups, options):   # refusal grows linearly with strength: 0.3 per unit
+        return {TARGET: min(1.0, 0.3 * adapter.strategies[0].strength)}
+    monkeypatch.setattr(adaptive_compile, "val_rates", fake_rates)
+    proposal = Proposal(algorithm="mean_difference", layer=0, direction=torch.ones(4))
+    _, match = adaptive_compile.match_static(None, base, proposal, 0.72, {TARGET: []}, None, 2.0, lambda _: None)
+    assert [t["strength"] for t in match["tried"]][:4] == [0.5, 1.0, 1.5, 2.0]   # multiples of 2, then bisection
+    assert match["matched"] and abs(match["chosen_val_target_refusal"] - 0.72) <= 0.05, match
+    assert len(match["tried"]) <= len(adaptive_compile.STATIC_MULTIPLES) + adaptive_compile.MATCH_BISECTIONS
+    # a target no strength reaches: the strongest is kept, and it says it is not matched
+    _, match = adaptive_compile.match_static(None, base, proposal, 1.5, {TARGET: []}, None, 2.0, lambda _: None)
+    assert not match["matched"] and match["chosen_strength"] == 4.0
