@@ -51,6 +51,7 @@ MIN_SPECIALISED = 8        # fewer helped training samples than this: keep the b
 POOL_SIZE = 3              # candidates tried at each greedy step (by val wins)
 COVERAGE_FRACTION = 0.5    # "moved": effect >= this fraction of the best single strategy's median effect
 MIN_MOVED_EFFECT = 0.01    # ... and never below this (nats), so a program that moves nothing covers nothing
+MAX_PROMPT_FPR = 0.05      # an addition may not open the program on more val neutral prompts than this
 
 
 @dataclass
@@ -95,6 +96,9 @@ class ProgramContext:
     # coverage need not track what greedy decoding does (measured: an LDA strategy with the largest val
     # log-odds effect, +0.44, raised harmful refusal on test by 2.5 points only).
     start_score: Callable[[SteeringAdapter], float] | None = None
+    # The program's share of val neutral prompts with an anchor open at the last prompt token; when given,
+    # an addition may not push it above MAX_PROMPT_FPR (nor raise it, if the start is already above).
+    neutral_fpr: Callable[[SteeringAdapter], float] | None = None
 
     def sequences_of(self, sample_ids: set[str], split: str) -> list[int]:
         """Sequences of these samples that show the prompt and, if any, the desired completion."""
@@ -183,6 +187,8 @@ def build_program(ctx: ProgramContext, candidates: Sequence[Candidate], selectio
                          "mean_effect": round(float(effect.mean()), 4), "drift": round(drift, 5)})
     log(f"program: start with {best} (val coverage {coverage(effect, threshold):.2f}, mean effect "
         f"{float(effect.mean()):+.3f}, drift {drift:.4f})")
+    fpr = ctx.neutral_fpr(program_adapter(ctx, [strategies[best]], selection)) if ctx.neutral_fpr else 0.0
+    record.steps[0]["neutral_fpr"] = round(fpr, 4)
     pool = [n for n in within if n not in chosen and n not in record.pruned]
     pool = sorted(pool, key=lambda n: -wins[n])[:POOL_SIZE]   # the candidates that win most often
     while pool and len(chosen) < max_strategies:
@@ -202,9 +208,19 @@ def build_program(ctx: ProgramContext, candidates: Sequence[Candidate], selectio
         if gain < MIN_COVERAGE_GAIN:
             record.steps.append({**step, "chosen": None, "why": f"best coverage gain {gain:+.3f} < {MIN_COVERAGE_GAIN}"})
             break
+        trial = program_adapter(ctx, [strategies[n] for n in chosen + [name]], selection)
+        if ctx.neutral_fpr is not None:   # each anchor adds its own false openings: keep the program's in bounds
+            trial_fpr = ctx.neutral_fpr(trial)
+            step["neutral_fpr"] = {"before": round(fpr, 4), "with": round(trial_fpr, 4), "name": name}
+            if trial_fpr > max(MAX_PROMPT_FPR, fpr):
+                record.steps.append({**step, "chosen": None,
+                                     "why": f"adding {name} opens the program on {trial_fpr:.3f} of val neutral "
+                                            f"prompts (limit {max(MAX_PROMPT_FPR, fpr):.3f})"})
+                log(f"program: not adding {name}: val neutral prompts open {fpr:.3f} -> {trial_fpr:.3f}")
+                break
+            fpr = trial_fpr
         if ctx.start_score is not None:   # the recipe's own behaviour must not get worse (e.g. more neutral refusals)
-            trial_behaviour = float(ctx.start_score(program_adapter(ctx, [strategies[n] for n in chosen + [name]],
-                                                                    selection)))
+            trial_behaviour = float(ctx.start_score(trial))
             step["behaviour"] = {"before": round(behaviour, 4), "with": round(trial_behaviour, 4), "name": name}
             if trial_behaviour < behaviour:
                 record.steps.append({**step, "chosen": None,

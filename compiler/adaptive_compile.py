@@ -30,7 +30,7 @@ from masteer.runtime.errors import MasteerError
 from .algorithms import available
 from .adaptive import Candidate, ProgramContext, SearchRecord, applicability_targets, build_program
 from .applicability import score_adapter
-from .gate_report import gate_reports
+from .gate_report import gate_reports, open_share, prompt_openings
 from .models import LoadedModel, load_model
 from .pipeline import (CompileOptions, _prepare, capture_activations, fit_sequences, new_adapter, val_rates)
 from .program import Program, lower
@@ -142,7 +142,7 @@ def match_static(loaded: LoadedModel, base: SteeringAdapter, proposal, target_ra
             break
         lo = value
     for _ in range(MATCH_BISECTIONS if hi is not None else 0):
-        if abs(best[1] - target_rate) <= MATCH_TOLERANCE:
+        if round(abs(best[1] - target_rate), 9) <= MATCH_TOLERANCE:
             break
         value = (lo + hi) / 2
         adapter, rate = attempt(value)
@@ -151,7 +151,7 @@ def match_static(loaded: LoadedModel, base: SteeringAdapter, proposal, target_ra
         lo, hi = (value, hi) if rate < target_rate else (lo, value)
     return best[0], {"adaptive_val_target_refusal": round(target_rate, 4), "tried": tried,
                      "chosen_strength": round(best[2], 6), "chosen_val_target_refusal": round(best[1], 4),
-                     "matched": abs(best[1] - target_rate) <= MATCH_TOLERANCE}
+                     "matched": round(abs(best[1] - target_rate), 9) <= MATCH_TOLERANCE}
 
 
 def shut_on(others: Sequence[Sample], samples: SampleSet) -> list[Sample]:
@@ -237,7 +237,9 @@ def compile_program(options: CompileOptions, adaptive: AdaptiveOptions | None = 
                          val_scorer=HeldOutScorer(loaded.model, loaded.tokenizer, val_items, neutral_val,
                                                   options.batch_size),
                          val_ids=val_ids, budget=adaptive.budget,
-                         start_score=behaviour_score(recipe, loaded, val, options))
+                         start_score=behaviour_score(recipe, loaded, val, options),
+                         neutral_fpr=lambda adapter: open_share(prompt_openings(loaded.model, loaded.tokenizer, adapter,
+                                                                                neutral_val, options.batch_size)))
     program, search = build_program(ctx, candidates, selection=adaptive.selection,
                                     max_strategies=adaptive.max_strategies, progress=options.progress, log=log)
     adapter = lower(program, new_adapter(loaded, samples, recipe))

@@ -73,6 +73,35 @@ def _openings(steered: SteeredModel, tokenizer, prompts: Sequence[str], max_new_
     return last, generated
 
 
+@torch.no_grad()
+def prompt_openings(model, tokenizer, adapter: SteeringAdapter, prompts: Sequence[str],
+                    batch_size: int = 16) -> dict[str, list[float]]:
+    """Each gated strategy's opening at each prompt's last token: one forward pass, no generation (cheap
+    enough to check every step of a program search)."""
+    steered = SteeredModel(model, adapter, check_fingerprint=False)
+    last: dict[str, list[float]] = {}
+    try:
+        encoded = [encode_prompt(tokenizer, p) for p in prompts]
+        device = next(steered.parameters()).device
+        for start in range(0, len(prompts), batch_size):
+            ids, mask = left_pad(encoded[start:start + batch_size], tokenizer.pad_token_id)
+            openings = steered.openings(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                        position_ids=position_ids(mask).to(device))
+            for name, values in openings.items():
+                last.setdefault(name, []).extend(values[:, -1].cpu().tolist())   # left padded: last is the tail
+    finally:
+        steered.detach()
+    return last
+
+
+def open_share(last: dict[str, list[float]]) -> float:
+    """The share of prompts on which any strategy is open (at least ``OPEN``) at the last prompt token."""
+    if not last:
+        return 0.0
+    per_prompt = [max(v) for v in zip(*last.values())]
+    return sum(v >= OPEN for v in per_prompt) / len(per_prompt)
+
+
 def gate_reports(model, tokenizer, adapter: SteeringAdapter, targets: Sequence[str], neutrals: Sequence[str],
                  max_new_tokens: int = 24, batch_size: int = 16, progress: bool = True) -> list[GateReport]:
     """One report per gated strategy of ``adapter`` on held-out ``targets`` and ``neutrals``."""

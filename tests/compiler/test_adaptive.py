@@ -335,3 +335,34 @@ def test_static_match_bisects_to_within_five_points_of_the_program(monkeypatch):
     # a target no strength reaches: the strongest is kept, and it says it is not matched
     _, match = adaptive_compile.match_static(None, base, proposal, 1.5, {TARGET: []}, None, 2.0, lambda _: None)
     assert not match["matched"] and match["chosen_strength"] == 4.0
+
+
+def test_an_addition_that_opens_the_program_on_too_many_neutral_prompts_is_refused(small_samples, monkeypatch):
+    from masteer.compiler import adaptive as adaptive_module
+    from masteer.compiler import adaptive_compile
+    calls = []
+
+    def fake_share(last):   # the start opens on 2% of val neutral prompts, every larger program on 20%
+        calls.append(len(last))
+        return 0.02 if len(last) == 1 else 0.20
+    monkeypatch.setattr(adaptive_compile, "open_share", fake_share)
+    monkeypatch.setattr(adaptive_module, "MIN_COVERAGE_GAIN", -1.0)   # let coverage accept any addition
+    _, result = run(small_samples)
+    steps = result.search.steps
+    assert len(result.program.strategies) == 1 and steps[0]["neutral_fpr"] == 0.02
+    assert steps[1]["chosen"] is None and "val neutral prompts" in steps[1]["why"], steps[1]
+    assert calls[0] == 1 and calls[1] == 2
+
+
+def test_prompt_openings_agree_with_the_gate_report(compiled):
+    from masteer.compiler.gate_report import open_share, prompt_openings
+    loaded, result = compiled
+    prompts = [s.prompt for s in result.samples.select(split="test")][:12]
+    last = prompt_openings(loaded.model, loaded.tokenizer, result.adapter, prompts, batch_size=5)
+    reports = {r.strategy: r for r in gate_reports(loaded.model, loaded.tokenizer, result.adapter, prompts, prompts,
+                                                   max_new_tokens=2, progress=False)}
+    for name, values in last.items():
+        assert len(values) == 12
+        assert sum(v >= OPEN for v in values) / 12 == pytest.approx(reports[name].prompt_fpr)
+    key = PROGRAM if len(last) > 1 else next(iter(last))
+    assert open_share(last) == pytest.approx(reports[key].prompt_fpr)

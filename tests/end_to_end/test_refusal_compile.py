@@ -40,7 +40,7 @@ def compiled(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pipeline, "capture", spy_capture)
         patch.setattr(pipeline, "evaluate_refusal", spy_evaluate)
-        result = compile_recipe(CompileOptions(progress=False), loaded=loaded, log=print)
+        result = compile_recipe(CompileOptions(progress=False, suites=False), loaded=loaded, log=print)
     out = save_result(result, tmp_path_factory.mktemp("compiled") / "refusal")
     print(result.table())
     return loaded, result, out, seen
