@@ -213,20 +213,16 @@ def build_program(ctx: ProgramContext, candidates: Sequence[Candidate], selectio
             trial_fpr = ctx.neutral_fpr(trial)
             step["neutral_fpr"] = {"before": round(fpr, 4), "with": round(trial_fpr, 4), "name": name}
             if trial_fpr > max(MAX_PROMPT_FPR, fpr):
-                record.steps.append({**step, "chosen": None,
-                                     "why": f"adding {name} opens the program on {trial_fpr:.3f} of val neutral "
-                                            f"prompts (limit {max(MAX_PROMPT_FPR, fpr):.3f})"})
-                log(f"program: not adding {name}: val neutral prompts open {fpr:.3f} -> {trial_fpr:.3f}")
+                _stop(record, step, log, f"adding {name} opens the program on {trial_fpr:.3f} of val neutral "
+                                         f"prompts (limit {max(MAX_PROMPT_FPR, fpr):.3f})")
                 break
             fpr = trial_fpr
         if ctx.start_score is not None:   # the recipe's own behaviour must not get worse (e.g. more neutral refusals)
             trial_behaviour = float(ctx.start_score(trial))
             step["behaviour"] = {"before": round(behaviour, 4), "with": round(trial_behaviour, 4), "name": name}
             if trial_behaviour < behaviour:
-                record.steps.append({**step, "chosen": None,
-                                     "why": f"adding {name} lowers the val behaviour score {behaviour:+.3f} -> "
-                                            f"{trial_behaviour:+.3f}"})
-                log(f"program: not adding {name}: val behaviour score {behaviour:+.3f} -> {trial_behaviour:+.3f}")
+                _stop(record, step, log, f"adding {name} lowers the val behaviour score {behaviour:+.3f} -> "
+                                         f"{trial_behaviour:+.3f}")
                 break
             behaviour = trial_behaviour
         chosen.append(name)
@@ -237,6 +233,12 @@ def build_program(ctx: ProgramContext, candidates: Sequence[Candidate], selectio
         log(f"program: + {name} (val coverage {scored[name][0]:.2f}, mean effect {scored[name][1]:+.3f}, "
             f"drift {drift:.4f})")
     return Program([strategies[n] for n in chosen], selection), record
+
+
+def _stop(record: SearchRecord, step: dict, log: Callable[[str], None], why: str) -> None:
+    """End the greedy search at this step, recording and saying why."""
+    record.steps.append({**step, "chosen": None, "why": why})
+    log(f"program: stop: {why}")
 
 
 def start_by_behaviour(ctx: ProgramContext, candidates: Sequence[Candidate], strategies: dict[str, ProgramStrategy],

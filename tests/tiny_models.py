@@ -188,3 +188,23 @@ def tiny_chat_model(kind: str = "llama", seed: int = 0):
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     return model.float().eval()
+
+
+def pad_left(rows, extra_pad: int = 0) -> dict:
+    """Token rows padded on the left with PAD_ID, with the mask and the matching position ids."""
+    width = max(len(r) for r in rows) + extra_pad
+    ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = row
+        mask[i, width - len(row):] = 1
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
+
+
+def nonpad(t, mask):
+    return t[mask.bool()]
+
+
+def max_diff(a, b) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item()

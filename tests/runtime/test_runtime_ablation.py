@@ -20,6 +20,8 @@ from masteer.runtime.artifact import ABLATION_TENSOR, CONFIG_NAME, WEIGHTS_NAME
 from masteer.runtime.hosts import attention_out_proj, decoder_layers, embedding_modules, mlp_module
 from tiny_models import (HIDDEN, NEURON_COUNTS, PAD_ID, left_padded_batch, logits, random_adapter,
                          supports_additive_bake)
+from tiny_models import max_diff as _max_diff
+from tiny_models import nonpad as _nonpad
 from tiny_models import tiny_model as _tiny_model
 
 ATOL = 1e-4
@@ -55,13 +57,8 @@ def _ablation_adapter(model, k: int = 2, neurons: bool = False, additive: bool =
     return adapter
 
 
-def _nonpad(t, mask):
-    return t[mask.bool()]
 
 
-def _max_diff(a, b) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a - b).abs().max().item()
 
 
 @torch.no_grad()

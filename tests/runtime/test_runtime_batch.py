@@ -6,19 +6,12 @@ import pytest
 import torch
 
 from masteer.runtime import SteeredModel, bake
-from tiny_models import PAD_ID, left_padded_batch, position_ids, random_adapter, supports_additive_bake, tiny_model
+from tiny_models import left_padded_batch, position_ids, random_adapter, supports_additive_bake, tiny_model
+from tiny_models import pad_left as _pad_left
 
 ATOL = 1e-5
 
 
-def _pad_left(rows: list[torch.Tensor], extra_pad: int = 0) -> dict[str, torch.Tensor]:
-    width = max(len(r) for r in rows) + extra_pad
-    ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = row
-        mask[i, width - len(row):] = 1
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
 
 
 @torch.no_grad()

@@ -17,19 +17,17 @@ from masteer.runtime import (ROTATION, AdapterFormatError, LoweringError, Steere
 from masteer.runtime.artifact import CONFIG_NAME, WEIGHTS_NAME
 from masteer.runtime.hosts import decoder_layers
 from masteer.runtime.rotation import rotate_layer_output, rotate_toward
-from tiny_models import HIDDEN, PAD_ID, left_padded_batch, logits, position_ids, random_adapter, tiny_model
+from tiny_models import HIDDEN, PAD_ID, left_padded_batch, logits, random_adapter, tiny_model
+from tiny_models import max_diff as _max_diff
+from tiny_models import nonpad as _nonpad
+from tiny_models import pad_left as _pad_left
 
 LAYER = 1
 MIN_EFFECT = 1e-2
 
 
-def _nonpad(t, mask):
-    return t[mask.bool()]
 
 
-def _max_diff(a, b) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a - b).abs().max().item()
 
 
 @torch.no_grad()
@@ -197,14 +195,6 @@ def test_bake_and_merge_refuse_by_name(kind, tmp_path):
 
 
 # --------------------------------------------------------------------------- batches and the cache
-def _pad_left(rows, extra_pad=0):
-    width = max(len(r) for r in rows) + extra_pad
-    ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = row
-        mask[i, width - len(row):] = 1
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
 
 
 def test_row_logits_do_not_depend_on_other_rows_or_padding(kind):
