@@ -14,8 +14,8 @@ directions at their layers) this stage:
    samples keeps its base anchor;
 4. prunes candidates that win (largest effect) on no val sample;
 5. chooses the program greedily on val: start from the best single gated strategy (by the recipe's own
-   behaviour score where it has one, e.g. judged refusal of short greedy answers; else by val log-odds), add the candidate
-   (among the ``POOL_SIZE`` that win most often) that most raises *coverage* (the share of val targets moved by at least half of what the best single
+   behaviour score where it has one, e.g. judged refusal of short greedy answers; else by val log-odds),
+   add the candidate (among the ``POOL_SIZE`` that win most often) that most raises *coverage* (the share of val targets moved by at least half of what the best single
    strategy typically achieves; ties by mean effect) while the program's drift stays within budget
    and, where the recipe has a behaviour score, that score does not fall;
    stop when a step gains less than ``MIN_COVERAGE_GAIN``. Coverage and not the mean effect is the

@@ -218,7 +218,8 @@ def compile_program(options: CompileOptions, adaptive: AdaptiveOptions | None = 
     val_pairs = (seqs.indices("positive", paired=True, split="val"), seqs.indices("negative", paired=True, split="val"))
     proposals: dict = {}
     rows = library_table(loaded.model, loaded.tokenizer, base, seqs.fit_inputs(acts), val_pairs, val, layers,
-                         algorithms=program_algorithms(adaptive), keep_layers=adaptive.keep_layers, budget=adaptive.budget,
+                         algorithms=program_algorithms(adaptive), keep_layers=adaptive.keep_layers,
+                         budget=adaptive.budget,
                          batch_size=options.batch_size, progress=options.progress, log=log,
                          strengths=COMPILE_STRENGTHS, proposals_out=proposals)
     timings["library"] = time.perf_counter() - clock
