@@ -5,7 +5,8 @@ inputs it helps, and at inference the anchors choose. From the library's candida
 directions at their layers) this stage:
 
 1. fits a base anchor per candidate on the training split's MLP inputs (target tokens against every
-   token of neutral sequences, ``anchors.fit_gate``);
+   token of neutral sequences: the prompts, the model's own answers to them and decoy completions,
+   ``neutral_answers``; ``anchors.fit_gate``);
 2. measures applicability with that anchor in place: the per-sample effect on training targets and on
    val targets, and the drift on val neutral prompts (``applicability``);
 3. specialises each anchor: refitted to open on the training targets where *this* candidate helps (it

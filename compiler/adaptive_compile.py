@@ -32,7 +32,8 @@ from .adaptive import Candidate, ProgramContext, SearchRecord, applicability_tar
 from .applicability import score_adapter
 from .gate_report import gate_reports, open_share, prompt_openings
 from .models import LoadedModel, load_model
-from .pipeline import (CompileOptions, _prepare, capture_activations, fit_sequences, new_adapter, val_rates)
+from .pipeline import (CompileOptions, _prepare, anchor_negatives, capture_activations, fit_sequences, new_adapter,
+                       val_rates)
 from .program import Program, lower
 from .recipes import Recipe
 from .samples import NEUTRAL, TARGET, Sample, SampleSet, prompt_key
@@ -209,7 +210,8 @@ def compile_program(options: CompileOptions, adaptive: AdaptiveOptions | None = 
     timings["load"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    seqs = fit_sequences(samples.select(split="train") + val + shut_on(others, samples))
+    train = samples.select(split="train") + shut_on(others, samples)
+    seqs = fit_sequences(train + val, anchor_negatives(train, options, loaded, seed, log))
     acts = capture_activations(options, loaded, seqs, layers, samples, log)
     timings["capture"] = time.perf_counter() - clock
 
@@ -448,7 +450,7 @@ PREVIOUS_ARM, MERGED_ARM = "previous", "merged"
 def evaluate_added(added: AddedIssue, loaded: LoadedModel, options: CompileOptions) -> dict:
     """Held-out numbers for an added issue: the new issue moves (base vs previous vs merged), and every
     earlier issue does not (previous vs merged on its own test split: no cross-talk)."""
-    from .evaluation import ResultCache, evaluate_refusal
+    from .evaluation import ResultCache, evaluate_refusal, within_interval_rows
     arms = {BASE_ARM: None, PREVIOUS_ARM: added.previous, MERGED_ARM: added.merged}
     cache = ResultCache()
     out = {}
@@ -462,7 +464,19 @@ def evaluate_added(added: AddedIssue, loaded: LoadedModel, options: CompileOptio
                                    progress=options.progress, cache=cache)
         forced = teacher_forced_table(loaded, samples, arms, options.batch_size, options.progress)
         out[samples.recipe] = {"refusal": refusal, "teacher_forced": forced}
+        if samples is not added.compiled.samples:   # an earlier issue: the merged adapter must not move it
+            out[samples.recipe]["cross_talk"] = within_interval_rows(refusal, PREVIOUS_ARM, MERGED_ARM)
     return out
+
+
+def cross_talk_markdown(rows: Sequence[dict]) -> str:
+    """The earlier issue's rates: previous adapter with its 95% Wilson interval, merged adapter, inside or not."""
+    lines = ["| group | n | previous | 95% interval | merged | within |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        low, high = r["interval"]
+        lines.append(f"| {r['group']} | {r['n']} | {100 * r[PREVIOUS_ARM]:.1f}% | [{100 * low:.1f}, {100 * high:.1f}] "
+                     f"| {100 * r[MERGED_ARM]:.1f}% | {'yes' if r['within'] else 'NO'} |")
+    return "\n".join(lines)
 
 
 def held_out_directions(samples: SampleSet) -> dict[str, str]:
@@ -487,10 +501,14 @@ def run_adaptive(options: CompileOptions, adaptive: AdaptiveOptions, out: str | 
     tables = evaluate_added(added, added.compiled.loaded, options) if options.evaluate else {}
     path = save_program(added.compiled, None, out, previous_dir=add_to, adapter=added.merged,
                         extra_report={"added_to": str(add_to), "tables": {
-                            name: {"refusal": t["refusal"].to_dict(), "teacher_forced": t["teacher_forced"]}
+                            name: {"refusal": t["refusal"].to_dict(), "teacher_forced": t["teacher_forced"],
+                                   **({"cross_talk": t["cross_talk"]} if "cross_talk" in t else {})}
                             for name, t in tables.items()}})
     lines = [summary_markdown(added.compiled, None)]
     for name, t in tables.items():
         lines += ["", f"Issue {name} (test split): base / previous adapter / merged adapter", "",
                   t["refusal"].markdown(), "", forced_markdown(t["teacher_forced"])]
+        if "cross_talk" in t:
+            lines += ["", f"Cross-talk check for {name}: is the merged adapter's rate inside the previous adapter's "
+                          "95% Wilson interval?", "", cross_talk_markdown(t["cross_talk"])]
     return path, "\n".join(lines)

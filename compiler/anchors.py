@@ -4,8 +4,9 @@ The gate is fitted on MLP-input activations (what the neuron sees at run time) a
 position: the last prompt tokens and the completion tokens, because the forward pass is stateless
 and decides per token, during generation too.
 
-1. A logistic probe without intercept separates target-prompt tokens from neutral-prompt tokens
-   (score ``w.x``). Gated hosts have no MLP bias, so nothing downstream may rely on one.
+1. A logistic probe without intercept separates target tokens from neutral tokens (score ``w.x``);
+   the neutral side must include answer tokens (``neutral_answers``), or the probe learns "the
+   assistant is writing" and opens on every generated token. Gated hosts have no MLP bias, so nothing downstream may rely on one.
 2. A *constant direction* ``c`` is the minimum-variance linear read-out with ``c.x ~ 1`` on every
    token. Normalised hidden states make this nearly exact (about 2% relative spread measured on
    SmolLM2-135M), so ``t * (c.x)`` stands in for the bias a gated host lacks.

@@ -94,12 +94,18 @@ def prompt_openings(model, tokenizer, adapter: SteeringAdapter, prompts: Sequenc
     return last
 
 
+def program_opening(per_strategy: dict[str, list]) -> list:
+    """The program's opening per prompt (floats) or per generated token (tensors): the largest of its strategies'."""
+    values = list(per_strategy.values())
+    if values and isinstance(values[0][0] if values[0] else None, torch.Tensor):
+        return [torch.stack(v).max(0).values for v in zip(*values)]
+    return [max(v) for v in zip(*values)]
+
+
 def open_share(last: dict[str, list[float]]) -> float:
     """The share of prompts on which any strategy is open (at least ``OPEN``) at the last prompt token."""
-    if not last:
-        return 0.0
-    per_prompt = [max(v) for v in zip(*last.values())]
-    return sum(v >= OPEN for v in per_prompt) / len(per_prompt)
+    per_prompt = program_opening(last) if last else []
+    return sum(v >= OPEN for v in per_prompt) / len(per_prompt) if per_prompt else 0.0
 
 
 def gate_reports(model, tokenizer, adapter: SteeringAdapter, targets: Sequence[str], neutrals: Sequence[str],
@@ -115,11 +121,8 @@ def gate_reports(model, tokenizer, adapter: SteeringAdapter, targets: Sequence[s
         steered.detach()
     layers = {s.strategy: s.layer for s in adapter.strategies}
     if len(t_last) > 1:  # the program as a whole: open where any of its strategies is
-        names = list(t_last)
-        t_last[PROGRAM] = [max(v) for v in zip(*(t_last[n] for n in names))]
-        n_last[PROGRAM] = [max(v) for v in zip(*(n_last[n] for n in names))]
-        t_gen[PROGRAM] = [torch.stack(v).max(0).values for v in zip(*(t_gen[n] for n in names))]
-        n_gen[PROGRAM] = [torch.stack(v).max(0).values for v in zip(*(n_gen[n] for n in names))]
+        for table in (t_last, n_last, t_gen, n_gen):
+            table[PROGRAM] = program_opening(table)
         layers[PROGRAM] = -1
     reports = []
     for name in t_last:

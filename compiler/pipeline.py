@@ -30,6 +30,7 @@ from .anchors import Gate, fit_gate
 from .builders import build_samples, resolve_recipe
 from .evaluation import Evaluation, ResultCache, card_metrics, evaluate_compile, evaluate_refusal
 from .models import EMBEDDED_NAME, LoadedModel, load_model
+from .neutral_answers import ANCHOR_ONLY, decoy_completions, extra_neutral_items, neutral_answers
 from .recipes import Recipe
 from .samples import NEUTRAL, TARGET, Sample, SampleSet
 from .strategies import DEFAULT_DRIFT_BUDGET, MIN_EFFECT, StrategyRow, as_dicts, format_table, library_table
@@ -106,7 +107,7 @@ class FitSequences:
     """The (prompt, completion) sequences captured for fitting, and what each one is."""
     items: list[tuple[str, str | None]]
     samples: list[Sample]
-    roles: list[str]   # "positive" | "negative" | "prompt"
+    roles: list[str]   # "positive" | "negative" | "prompt" | "answer" | "decoy" (neutral_answers)
 
     def indices(self, role: str | None = None, label: str | None = None, paired: bool | None = None,
                 split: str | None = None) -> list[int]:
@@ -115,15 +116,22 @@ class FitSequences:
                 and (paired is None or s.has_pair == paired) and (split is None or s.split == split)]
 
     def fit_inputs(self, acts: Activations, split: str = "train") -> FitInputs:
-        """What algorithms see: the given split's pairs, target and neutral sequences."""
+        """What algorithms see: the given split's pairs, target and neutral sequences (not the anchor-only
+        answers and decoys, which would count a neutral prompt several times)."""
         return FitInputs(activations=acts, paired=self.indices("positive", paired=True, split=split),
                          paired_negative=self.indices("negative", paired=True, split=split),
                          target_prompts=self.indices(label=TARGET, split=split),
-                         neutral_prompts=self.indices(label=NEUTRAL, split=split))
+                         neutral_prompts=[i for i in self.indices(label=NEUTRAL, split=split)
+                                          if self.roles[i] not in ANCHOR_ONLY])
+
+    def anchor_negatives(self, split: str = "train") -> list[int]:
+        """Every neutral sequence of the split, answers and decoys included: where an anchor stays shut."""
+        return self.indices(label=NEUTRAL, split=split)
 
 
-def fit_sequences(samples: Sequence[Sample]) -> FitSequences:
-    """Each sample's prompt with each completion it has (or alone, when it has none)."""
+def fit_sequences(samples: Sequence[Sample], extra: Sequence[tuple[Sample, str, str]] = ()) -> FitSequences:
+    """Each sample's prompt with each completion it has (or alone, when it has none), then ``extra``
+    (owner, role, completion) sequences: neutral prompts with answers and decoys (``neutral_answers``)."""
     items, owners, roles = [], [], []
     for s in samples:
         for role, completion in (("positive", s.positive), ("negative", s.negative)):
@@ -131,7 +139,19 @@ def fit_sequences(samples: Sequence[Sample]) -> FitSequences:
                 items.append((s.prompt, completion)); owners.append(s); roles.append(role)
         if s.positive is None and s.negative is None:
             items.append((s.prompt, None)); owners.append(s); roles.append("prompt")
+    for s, role, completion in extra:
+        items.append((s.prompt, completion)); owners.append(s); roles.append(role)
     return FitSequences(items=items, samples=owners, roles=roles)
+
+
+def anchor_negatives(samples: Sequence[Sample], options: CompileOptions, loaded: LoadedModel, seed: int,
+                     log: Callable[[str], None]) -> list[tuple[Sample, str, str]]:
+    """Neutral prompts with the model's own answers and with decoy completions: tokens where anchors must stay
+    shut while the model writes (``neutral_answers`` says why). Answers are cached beside the activations."""
+    cache_dir = ActivationStore().root if options.cache_activations else None
+    answers = neutral_answers(loaded.model, loaded.tokenizer, samples, options.batch_size, cache_dir,
+                              options.progress, log)
+    return extra_neutral_items(samples, answers, decoy_completions(samples), seed)
 
 
 def check_disjoint(samples: SampleSet) -> None:
@@ -171,7 +191,7 @@ def fit_layer(acts: Activations, seqs: FitSequences, layer: int, algorithm: str,
     # Every token of a neutral sequence, from the system prompt on, is a place to stay silent.
     fire_on = [i for i in inputs.target_prompts if seqs.roles[i] != "negative"]
     gate = fit_gate(acts.tokens_of(fire_on, layer, kinds=(PROMPT_TAIL, COMPLETION)),
-                    acts.tokens_of(inputs.neutral_prompts, layer), host_form, seed=seed)
+                    acts.tokens_of(seqs.anchor_negatives(), layer), host_form, seed=seed)
     return proposal, gate
 
 
@@ -244,7 +264,8 @@ def compile_recipe(options: CompileOptions, loaded: LoadedModel | None = None,
     timings["load"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    seqs = fit_sequences(samples.select(split="train"))
+    train = samples.select(split="train")
+    seqs = fit_sequences(train, anchor_negatives(train, options, loaded, seed, log))
     acts = capture_activations(options, loaded, seqs, layers, samples, log)
     timings["capture"] = time.perf_counter() - clock
 

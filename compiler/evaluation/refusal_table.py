@@ -94,6 +94,35 @@ def binomial_halfwidth(rate: float, n: int) -> float:
     return 1.96 * math.sqrt(max(rate * (1 - rate), 1e-12) / max(n, 1))
 
 
+def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a rate over ``n`` prompts: unlike the normal approximation it is not
+    empty at 0% or 100% (0 of 40 refusals still allows up to 8.8%), which is where benign groups sit."""
+    if n <= 0:
+        return 0.0, 1.0
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def within_interval_rows(evaluation: "Evaluation", reference: str, candidate: str) -> list[dict]:
+    """Per group (and pooled per direction): is ``candidate``'s rate inside the 95% Wilson interval of
+    ``reference``'s? How an added issue shows that an earlier issue's metrics did not move."""
+    rows = []
+    pooled = {}
+    for direction in dict.fromkeys(g.direction for g in evaluation.groups):
+        members = [g for g in evaluation.groups if g.direction == direction]
+        if len(members) > 1:
+            pooled[direction] = sum(g.n for g in members)
+    items = [(g.group, g.n, g.rates[reference], g.rates[candidate]) for g in evaluation.groups]
+    items += [(f"all {d}", n, evaluation.pooled(d, reference), evaluation.pooled(d, candidate))
+              for d, n in pooled.items()]
+    for group, n, ref, cand in items:
+        low, high = wilson_interval(ref, n)
+        rows.append({"group": group, "n": n, reference: round(ref, 4), "interval": [round(low, 4), round(high, 4)],
+                     candidate: round(cand, 4), "within": low - 1e-9 <= cand <= high + 1e-9})
+    return rows
+
+
 def evaluate_refusal(model, tokenizer, arms: Mapping[str, SteeringAdapter | None],
                      groups: Mapping[str, Sequence[Sample]], directions: Mapping[str, str],
                      max_new_tokens: int = 24, batch_size: int = 32, examples: int = 3,
