@@ -270,7 +270,7 @@ class AddedIssue:
     compiled: ProgramCompile
     previous: SteeringAdapter
     merged: SteeringAdapter
-    previous_samples: SampleSet | None
+    previous_samples: list[SampleSet]   # every earlier issue's saved sample set (samples*.jsonl)
 
 
 def add_issue(options: CompileOptions, adapter_dir: str | Path, adaptive: AdaptiveOptions | None = None,
@@ -303,7 +303,7 @@ def add_issue(options: CompileOptions, adapter_dir: str | Path, adaptive: Adapti
     merged.provenance = {**previous.provenance, "issues": [i for i in issues if i],
                          f"samples_hash:{compiled.recipe.name}": compiled.samples.content_hash}
     return AddedIssue(compiled=compiled, previous=previous, merged=merged,
-                      previous_samples=old_samples[0] if old_samples else None)
+                      previous_samples=old_samples)
 
 
 # --------------------------------------------------------------------------- the before/after measurement
@@ -454,8 +454,11 @@ def evaluate_added(added: AddedIssue, loaded: LoadedModel, options: CompileOptio
     arms = {BASE_ARM: None, PREVIOUS_ARM: added.previous, MERGED_ARM: added.merged}
     cache = ResultCache()
     out = {}
-    sets = [added.compiled.samples] + ([added.previous_samples] if added.previous_samples else [])
-    for samples in sets:
+    new_name = added.compiled.recipe.name
+    sets = [(new_name, added.compiled.samples)]
+    for samples in added.previous_samples:   # named by their recipe; a clash with the new name gets a suffix
+        sets.append((samples.recipe if samples.recipe not in dict(sets) else f"{samples.recipe} (earlier)", samples))
+    for name, samples in sets:
         directions = held_out_directions(samples)
         groups = {g: [s for s in samples.select(split="test") if (s.group or s.label) == g] for g in directions}
         max_new_tokens = options.max_new_tokens or added.compiled.recipe.evaluation.max_new_tokens
@@ -463,9 +466,9 @@ def evaluate_added(added: AddedIssue, loaded: LoadedModel, options: CompileOptio
                                    max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
                                    progress=options.progress, cache=cache)
         forced = teacher_forced_table(loaded, samples, arms, options.batch_size, options.progress)
-        out[samples.recipe] = {"refusal": refusal, "teacher_forced": forced}
-        if samples is not added.compiled.samples:   # an earlier issue: the merged adapter must not move it
-            out[samples.recipe]["cross_talk"] = within_interval_rows(refusal, PREVIOUS_ARM, MERGED_ARM)
+        out[name] = {"refusal": refusal, "teacher_forced": forced}
+        if name != new_name:   # an earlier issue: the merged adapter must not move it
+            out[name]["cross_talk"] = within_interval_rows(refusal, PREVIOUS_ARM, MERGED_ARM)
     return out
 
 

@@ -275,6 +275,17 @@ def test_adding_an_issue_keeps_every_old_strategy_bit_for_bit(compiled, small_sa
     assert merged.provenance["issues"] == ["refusal", "second"]
     # the new anchors were told to stay shut on the old issue's training prompts (not on prompts they use)
     assert added.compiled.search.candidates
+    # the held-out tables: the new issue by base / previous / merged, the earlier one with its cross-talk check
+    from masteer.compiler.adaptive_compile import cross_talk_markdown, evaluate_added
+    tables = evaluate_added(added, loaded, CompileOptions(max_new_tokens=2, progress=False))
+    assert set(tables) == {"second", "refusal"} and "cross_talk" not in tables["second"]
+    rows = tables["refusal"]["cross_talk"]   # (both sample sets here come from the refusal builder)
+    groups = {g.group for g in tables["refusal"]["refusal"].groups}
+    assert groups <= {r["group"] for r in rows}
+    for r in rows:   # each verdict is the interval test, recomputed here
+        low, high = r["interval"]
+        assert r["within"] == (low - 1e-9 <= r["merged"] <= high + 1e-9)
+    assert cross_talk_markdown(rows).count("\n") == len(rows) + 1
     with pytest.raises(MasteerError, match="uses selection 'independent'"):
         add_issue(options, old_dir, AdaptiveOptions(selection=EXCLUSIVE), loaded=loaded, log=lambda _: None)
 
