@@ -11,14 +11,22 @@ Arms of the before/after table:
   the strength whose val refusal rate on targets comes closest to the adaptive program's, so the two
   are compared at matched target effect (the question is what each costs elsewhere);
 - ``single``: the best single gated strategy (the program search's starting point);
-- ``adaptive``: the compiled program.
+- ``adaptive``: the compiled program;
+- ``per-prompt``: the same program decided once per prompt at its last token instead of per token
+  (``prompt_decision``), the measured baseline of DESIGN.md.
+
+Besides the table, the static strategy is measured on test at every strength the matching tried (the
+*static frontier*), so "adaptive beats static at matched target effect" can be read on test too,
+where the val-matched strength lands a few points off.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -308,6 +316,7 @@ def add_issue(options: CompileOptions, adapter_dir: str | Path, adaptive: Adapti
 
 # --------------------------------------------------------------------------- the before/after measurement
 BASE_ARM, STATIC_ARM, SINGLE_ARM, ADAPTIVE_ARM = "base", "static", "single", "adaptive"
+PER_PROMPT_ARM = "per-prompt"
 
 
 @dataclass
@@ -317,9 +326,12 @@ class ProgramEvaluation:
     teacher_forced: dict[str, dict[str, float]]      # arm -> {"effect": ..., "kl": ...} on test targets/neutrals
     gates: list[dict]                                # gate reports of the adaptive program on test prompts
     suites: object | None = None                     # evaluation.EvalReport, when the suites ran
+    frontier: list[dict] = field(default_factory=list)   # the static strategy on test at every strength tried
+    timings: dict[str, float] = field(default_factory=dict)   # seconds per measurement
 
     def to_dict(self) -> dict:
         return {"refusal": self.refusal.to_dict(), "teacher_forced": self.teacher_forced, "gates": self.gates,
+                "static_frontier": self.frontier, "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
                 "suites": self.suites.to_dict() if self.suites is not None and hasattr(self.suites, "to_dict")
                 else None}
 
@@ -343,6 +355,8 @@ def teacher_forced_table(loaded: LoadedModel, samples: SampleSet, arms: dict, ba
     scorer = HeldOutScorer(loaded.model, loaded.tokenizer, items, neutral, batch_size)
     table = {}
     for arm, adapter in arms.items():
+        if not (adapter is None or isinstance(adapter, SteeringAdapter)):
+            continue   # a routed arm has no single forward pass to score
         if adapter is None:
             table[arm] = {"effect": 0.0, "kl": 0.0}
             continue
@@ -352,35 +366,103 @@ def teacher_forced_table(loaded: LoadedModel, samples: SampleSet, arms: dict, ba
     return table
 
 
+@contextmanager
+def timed(timings: dict[str, float], name: str):
+    """Seconds spent in the block, stored as ``timings[name]`` (also when it raises)."""
+    clock = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = time.perf_counter() - clock
+
+
+def static_frontier(result: ProgramCompile, loaded: LoadedModel, groups: dict[str, list[Sample]],
+                    directions: dict[str, str], max_new_tokens: int, options: CompileOptions, cache) -> list[dict]:
+    """The matched static strategy on test at every strength the matching tried: judged refusal pooled by
+    direction and next-token KL on test neutral prompts, one row per strength (ascending)."""
+    from .evaluation import evaluate_refusal
+    if result.static is None or not result.static_match.get("tried"):
+        return []
+    tried = {row["strength"]: row["val_target_refusal"] for row in result.static_match["tried"]}
+    arms = {}
+    for value in sorted(tried):
+        adapter = copy.deepcopy(result.static)
+        for spec in adapter.strategies:
+            spec.strength = value
+        arms[f"static@{value:g}"] = adapter
+    refusal = evaluate_refusal(loaded.model, loaded.tokenizer, arms, groups, directions, max_new_tokens=max_new_tokens,
+                               batch_size=2 * options.batch_size, progress=options.progress, cache=cache)
+    neutral = [s.prompt for s in result.samples.select(split="test", label=NEUTRAL)]
+    drift = HeldOutScorer(loaded.model, loaded.tokenizer, [], neutral, options.batch_size) if neutral else None
+    rows = []
+    for (arm, adapter), value in zip(arms.items(), sorted(tried)):
+        row = {"strength": value, "val_target_refusal": tried[value]}
+        row.update({f"test_{d}": round(refusal.pooled(d, arm), 4) for d in dict.fromkeys(directions.values())})
+        row["test_neutral_kl"] = round(score_adapter(loaded.model, drift, adapter)[1], 5) if drift else None
+        rows.append(row)
+    return rows
+
+
+def frontier_markdown(rows: Sequence[dict], refusal, arm: str = ADAPTIVE_ARM, kl: float | None = None) -> str:
+    """The static frontier with the program's own test numbers as the last row, for reading side by side."""
+    if not rows:
+        return ""
+    directions = [k[len("test_"):] for k in rows[0] if k.startswith("test_") and k != "test_neutral_kl"]
+    lines = ["| arm | strength | val target refusal | " + " | ".join(f"test refusal ({d})" for d in directions)
+             + " | test neutral KL |", "|---" * (4 + len(directions)) + "|"]
+    for r in rows:
+        lines.append(f"| static | {r['strength']:g} | {100 * r['val_target_refusal']:.1f}% | "
+                     + " | ".join(f"{100 * r[f'test_{d}']:.1f}%" for d in directions)
+                     + f" | {r['test_neutral_kl'] if r['test_neutral_kl'] is not None else float('nan'):.4f} |")
+    lines.append(f"| **{arm}** | | | " + " | ".join(f"**{100 * refusal.pooled(d, arm):.1f}%**" for d in directions)
+                 + f" | **{kl if kl is not None else float('nan'):.4f}** |")
+    return "\n".join(lines)
+
+
 def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: CompileOptions, suites: bool = True,
-                     log: Callable[[str], None] = print) -> ProgramEvaluation:
-    """Every arm on the test split: judged refusal per recipe group, teacher-forced effect and KL, gate
-    reports; then (``suites``) the evaluation suites with bootstrap intervals for base, static, adaptive."""
+                     log: Callable[[str], None] = print, frontier: bool = True) -> ProgramEvaluation:
+    """Every arm on the test split: judged refusal per recipe group (with the program decided per prompt
+    beside it), teacher-forced effect and KL, gate reports, the static frontier (``frontier``); then
+    (``suites``) the evaluation suites with bootstrap intervals for base, static, adaptive."""
     from .evaluation import ResultCache, evaluate_compile, evaluate_refusal
+    from .prompt_decision import decided_per_prompt
     recipe, samples = result.recipe, result.samples
     groups = {g: samples.select(split="test", group=g) for g in recipe.evaluation.groups}
     missing = [g for g, s in groups.items() if not s]
     if missing:
         raise MasteerError(f"{recipe.path}: evaluation groups {missing} have no test samples")
     max_new_tokens = options.max_new_tokens or recipe.evaluation.max_new_tokens
-    arms = program_arms(result)
+    arms: dict = program_arms(result)
+    timings: dict[str, float] = {}
     cache = ResultCache()
-    refusal = evaluate_refusal(loaded.model, loaded.tokenizer, arms, groups, recipe.evaluation.groups,
-                               max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
-                               progress=options.progress, cache=cache)
-    forced = teacher_forced_table(loaded, samples, arms, options.batch_size, options.progress)
-    targets = [s.prompt for s in samples.select(split="test", label=TARGET)]
-    neutrals = [s.prompt for s in samples.select(split="test", label=NEUTRAL)]
-    gates = [r.to_dict() for r in gate_reports(loaded.model, loaded.tokenizer, result.adapter, targets, neutrals,
-                                               max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
-                                               progress=options.progress)]
+    with timed(timings, "refusal_table"):
+        test_prompts = [s.prompt for g in groups.values() for s in g]
+        arms[PER_PROMPT_ARM] = decided_per_prompt(loaded.model, loaded.tokenizer, result.program, result.adapter,
+                                                  test_prompts, options.batch_size)
+        refusal = evaluate_refusal(loaded.model, loaded.tokenizer, arms, groups, recipe.evaluation.groups,
+                                   max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
+                                   progress=options.progress, cache=cache)
+    with timed(timings, "teacher_forced"):
+        forced = teacher_forced_table(loaded, samples, arms, options.batch_size, options.progress)
+    rows = []
+    if frontier:
+        with timed(timings, "static_frontier"):
+            rows = static_frontier(result, loaded, groups, recipe.evaluation.groups, max_new_tokens, options, cache)
+    with timed(timings, "gate_report"):
+        targets = [s.prompt for s in samples.select(split="test", label=TARGET)]
+        neutrals = [s.prompt for s in samples.select(split="test", label=NEUTRAL)]
+        gates = [r.to_dict() for r in gate_reports(loaded.model, loaded.tokenizer, result.adapter, targets, neutrals,
+                                                   max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
+                                                   progress=options.progress)]
     report = None
     if suites:
-        chosen = {k: v for k, v in arms.items() if k in (BASE_ARM, STATIC_ARM, ADAPTIVE_ARM)}
-        report = evaluate_compile(loaded.model, loaded.tokenizer, samples, recipe.evaluation.groups, chosen,
-                                  max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size, cache=cache,
-                                  progress=options.progress, log=log)
-    return ProgramEvaluation(refusal=refusal, teacher_forced=forced, gates=gates, suites=report)
+        with timed(timings, "suites"):
+            chosen = {k: v for k, v in arms.items() if k in (BASE_ARM, STATIC_ARM, ADAPTIVE_ARM)}
+            report = evaluate_compile(loaded.model, loaded.tokenizer, samples, recipe.evaluation.groups, chosen,
+                                      max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size, cache=cache,
+                                      progress=options.progress, log=log)
+    return ProgramEvaluation(refusal=refusal, teacher_forced=forced, gates=gates, suites=report, frontier=rows,
+                             timings=timings)
 
 
 # --------------------------------------------------------------------------- output
@@ -410,6 +492,10 @@ def summary_markdown(result: ProgramCompile, evaluation: ProgramEvaluation | Non
         from .gate_report import GateReport, format_gate_reports
         lines += ["", evaluation.refusal.markdown(), "", forced_markdown(evaluation.teacher_forced), "",
                   format_gate_reports([GateReport(**g) for g in evaluation.gates])]
+        if evaluation.frontier:
+            lines += ["", "The static strategy on test at every strength the matching tried:", "",
+                      frontier_markdown(evaluation.frontier, evaluation.refusal,
+                                        kl=evaluation.teacher_forced.get(ADAPTIVE_ARM, {}).get("kl"))]
         if evaluation.suites is not None:
             lines += ["", evaluation.suites.markdown()]
     return "\n".join(lines)

@@ -16,6 +16,7 @@ per prompt. Calibrating many (algorithm, layer, strength) candidates needs smoot
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -41,12 +42,25 @@ def completion_logprobs(model, tokenizer, items: Sequence[tuple[str, str]], max_
     out = torch.zeros(len(items))
     for batch in _batches(len(items), batch_size):
         ids, mask = left_pad([encoded[i][0] + encoded[i][1] for i in batch], tokenizer.pad_token_id)
+        # Left padded, so every completion ends the row: only the last positions' logits are needed
+        # (the vocabulary projection and log-softmax over every prompt position were a third of the time).
+        keep = max(len(encoded[i][1]) for i in batch) + 1
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                       position_ids=position_ids(mask).to(device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()
+                       position_ids=position_ids(mask).to(device), **_last_logits(model, keep)).logits.float()
+        keep = logits.shape[1]   # every position when the model cannot keep only the last ones
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, -keep + 1:, None].to(device))[..., 0].cpu()
         for row, i in enumerate(batch):
             out[i] = logp[row, -len(encoded[i][1]):].mean()
     return out
+
+
+def _last_logits(model, keep: int) -> dict:
+    """``logits_to_keep`` for models whose forward takes it (transformers causal LMs do), else nothing."""
+    try:
+        takes = "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return {"logits_to_keep": keep} if takes else {}
 
 
 def preference(model, tokenizer, prompts: Sequence[str], positives: Sequence[str], negatives: Sequence[str],
@@ -90,7 +104,8 @@ def nothing() -> Iterator[None]:
 class HeldOutScorer:
     """Effect and drift of any steering, measured against base numbers computed once.
 
-    Without neutral prompts the drift is NaN (effects only). Target items are ``(prompt, positive,
+    Without neutral prompts the drift is NaN (effects only); without target items the effect is empty
+    (drift only). Target items are ``(prompt, positive,
     negative)``; ``negative`` may be None (a prompt with only a
     desired completion, e.g. an AdvBench request with a refusal). A sample's effect is the change of
     its log-odds (positive over negative opening) where it has both, and the change of the positive
@@ -99,10 +114,10 @@ class HeldOutScorer:
 
     def __init__(self, model, tokenizer, targets: Sequence[tuple[str, str, str | None]], neutral_prompts: Sequence[str],
                  batch_size: int = 16):
-        if not targets:
-            raise ValueError("held-out scoring needs target items")
+        if not targets and not neutral_prompts:
+            raise ValueError("held-out scoring needs target items or neutral prompts")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        self.prompts, self.positives, self.negatives = map(list, zip(*targets))
+        self.prompts, self.positives, self.negatives = (map(list, zip(*targets)) if targets else ([], [], []))
         self.paired = [i for i, n in enumerate(self.negatives) if n is not None]
         self.neutral = list(neutral_prompts)
         self.base_target = self._target_logprobs()
@@ -110,6 +125,8 @@ class HeldOutScorer:
 
     def _target_logprobs(self) -> torch.Tensor:
         """Opening log-probabilities: positives [N], then the negatives that exist [len(paired)]."""
+        if not self.prompts:   # drift only
+            return torch.zeros(0)
         items = list(zip(self.prompts, self.positives)) + [(self.prompts[i], self.negatives[i]) for i in self.paired]
         return completion_logprobs(self.model, self.tokenizer, items, batch_size=self.batch_size)
 

@@ -123,14 +123,47 @@ def within_interval_rows(evaluation: "Evaluation", reference: str, candidate: st
     return rows
 
 
-def evaluate_refusal(model, tokenizer, arms: Mapping[str, SteeringAdapter | None],
+@dataclass(frozen=True)
+class Routed:
+    """An arm that answers each prompt with one of several adapters, chosen per prompt before generating.
+
+    How a decision made once per prompt (for instance at its last token, by the anchors) is compared with
+    the runtime's per-token gates: ``route`` maps a prompt to a key of ``adapters`` (``None`` there is the
+    base model). Prompts without a route are answered by the base model. Each adapter generates through
+    the same cache keys as an ordinary arm, so a route to the base model reuses the base arm's answers."""
+    adapters: Mapping[str, SteeringAdapter | None]
+    route: Mapping[str, str]
+
+    def __post_init__(self):
+        unknown = sorted(set(self.route.values()) - set(self.adapters))
+        if unknown:
+            raise MasteerError(f"routed arm: routes to {unknown}, which are not among its adapters "
+                               f"{sorted(self.adapters)}")
+
+
+def _answer(model, tokenizer, adapter: SteeringAdapter | None, prompts: Sequence[str], cache: ResultCache,
+            base_key: str, max_new_tokens: int, batch_size: int, progress: bool, desc: str) -> dict[str, str]:
+    """prompt -> greedy answer with ``adapter`` attached for the call (None: the base model)."""
+    if not prompts:
+        return {}
+    steered = model if adapter is None else SteeredModel(model, adapter)
+    try:
+        return cached_generate(steered, tokenizer, prompts, cache, base_key, arm_key(adapter), max_new_tokens,
+                               batch_size, progress=progress, desc=desc)
+    finally:
+        if adapter is not None:
+            steered.detach()
+
+
+def evaluate_refusal(model, tokenizer, arms: Mapping[str, SteeringAdapter | Routed | None],
                      groups: Mapping[str, Sequence[Sample]], directions: Mapping[str, str],
                      max_new_tokens: int = 24, batch_size: int = 32, examples: int = 3,
                      progress: bool = True, cache: ResultCache | None = None) -> Evaluation:
     """Refusal rate per (group, arm); an arm is an adapter attached to ``model`` (``None``: the base).
 
     Arms are attached one at a time and detached after, so they never mix; every arm answers every
-    prompt with the same greedy settings. Generations go through ``cache`` (in memory when None).
+    prompt with the same greedy settings. A :class:`Routed` arm answers each prompt with the adapter its
+    route names. Generations go through ``cache`` (in memory when None).
     """
     if not groups or any(not samples for samples in groups.values()):
         empty = [g for g, s in groups.items() if not s] or ["(none)"]
@@ -141,14 +174,17 @@ def evaluate_refusal(model, tokenizer, arms: Mapping[str, SteeringAdapter | None
     cache = cache if cache is not None else ResultCache()
     base_key = model_key(model)
     for arm, adapter in arms.items():
-        steered = model if adapter is None else SteeredModel(model, adapter)
-        try:
-            done = cached_generate(steered, tokenizer, prompts, cache, base_key, arm_key(adapter), max_new_tokens,
-                                   batch_size, progress=progress, desc=f"generating ({arm})")
-            responses[arm] = [done[p] for p in prompts]
-        finally:
-            if adapter is not None:
-                steered.detach()
+        if isinstance(adapter, Routed):
+            done = _answer(model, tokenizer, None, [p for p in prompts if p not in adapter.route], cache, base_key,
+                           max_new_tokens, batch_size, progress, f"generating ({arm}: base)")
+            for key, routed in adapter.adapters.items():
+                done.update(_answer(model, tokenizer, routed, [p for p in prompts if adapter.route.get(p) == key],
+                                    cache, base_key, max_new_tokens, batch_size, progress,
+                                    f"generating ({arm}: {key})"))
+        else:
+            done = _answer(model, tokenizer, adapter, prompts, cache, base_key, max_new_tokens, batch_size, progress,
+                           f"generating ({arm})")
+        responses[arm] = [done[p] for p in prompts]
     results, start = [], 0
     for g in order:
         n = len(groups[g])

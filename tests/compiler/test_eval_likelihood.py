@@ -112,3 +112,27 @@ def test_by_length_restores_the_original_order():
     out = by_length(items, [len(x) for x in items], lambda chunk: seen.extend(chunk) or [x.upper() for x in chunk])
     assert seen == ["a", "bb", "ccc", "dddd"]
     assert out == ["CCC", "A", "BB", "DDDD"]
+
+
+class _NoKeep(torch.nn.Module):
+    """The same model behind a forward that does not take ``logits_to_keep``: every position's logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+
+def test_completion_logprobs_keep_only_the_last_logits_and_agree_with_every_position(model_and_tokenizer):
+    """Completions of different lengths in one left-padded batch, longer than ``max_tokens`` too: the
+    last-positions shortcut gives the hand-computed mean log-probability, as the full logits do."""
+    model, tok = model_and_tokenizer
+    items = [("Hi", "a"), ("A much longer prompt here", "some longer completion text"), ("Mid prompt", "xyz")]
+    fast = completion_logprobs(model, tok, items, max_tokens=8, batch_size=3)
+    full = completion_logprobs(_NoKeep(model), tok, items, max_tokens=8, batch_size=3)
+    for (prompt, completion), got, every in zip(items, fast.tolist(), full.tolist()):
+        hand = _hand_logprobs(model, tok, prompt, completion)[:8]
+        assert got == pytest.approx(sum(hand) / len(hand), abs=1e-4)
+        assert every == pytest.approx(got, abs=1e-5)

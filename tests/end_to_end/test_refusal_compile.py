@@ -2,8 +2,9 @@
 
 This is the product's promise in numbers, on held-out prompts never used for fitting or selection:
 the gated adapter makes the model refuse harmful requests and leaves benign ones alone, while the
-same vector applied statically (always on) over-refuses benign requests. One compile (about five
-minutes on 2 CPU cores) serves every test in this module.
+same vector applied statically (always on) over-refuses benign requests. One compile serves every
+test in this module; it chooses between layers 12 and 16 (the recipe default tries 8-16; on val, 12
+refuses 68% of targets and 16 only 7%, so the choice is a real one) to keep CI time down.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from masteer.compiler.samples import NEUTRAL, TARGET
 pytestmark = pytest.mark.embedded
 
 BENIGN_GROUPS = ("benign-edgy", "benign-truthfulqa")
+LAYERS = (12, 16)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,8 @@ def compiled(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pipeline, "capture", spy_capture)
         patch.setattr(pipeline, "evaluate_refusal", spy_evaluate)
-        result = compile_recipe(CompileOptions(progress=False, suites=False), loaded=loaded, log=print)
+        result = compile_recipe(CompileOptions(progress=False, suites=False, layers=LAYERS), loaded=loaded,
+                                log=print)
     out = save_result(result, tmp_path_factory.mktemp("compiled") / "refusal")
     print(result.table())
     return loaded, result, out, seen
