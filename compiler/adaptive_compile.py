@@ -122,6 +122,14 @@ def best_static(rows: Sequence[StrategyRow]) -> StrategyRow | None:
     return max(usable, key=lambda r: r.effect) if usable else None
 
 
+def at_strength(adapter: SteeringAdapter, strength: float) -> SteeringAdapter:
+    """A copy of ``adapter`` with every strategy at ``strength`` (the static arm at another strength)."""
+    adapter = copy.deepcopy(adapter)
+    for spec in adapter.strategies:
+        spec.strength = strength
+    return adapter
+
+
 def match_static(loaded: LoadedModel, base: SteeringAdapter, proposal, target_rate: float, val: dict, options,
                  strength: float, log: Callable[[str], None]) -> tuple[SteeringAdapter, dict]:
     """The always-on strategy at the strength whose val target refusal is closest to ``target_rate``.
@@ -132,9 +140,7 @@ def match_static(loaded: LoadedModel, base: SteeringAdapter, proposal, target_ra
     tried = []
 
     def attempt(value: float) -> tuple[SteeringAdapter, float]:
-        adapter = strategy_adapter(base, proposal)
-        for spec in adapter.strategies:
-            spec.strength = value
+        adapter = at_strength(strategy_adapter(base, proposal), value)
         rate = val_rates(loaded, adapter, {TARGET: val[TARGET]}, options)[TARGET]
         tried.append({"strength": round(value, 6), "val_target_refusal": round(rate, 4)})
         log(f"static match: strength {value:.4g} -> val target refusal {rate:.2f} (adaptive {target_rate:.2f})")
@@ -386,10 +392,7 @@ def static_frontier(result: ProgramCompile, loaded: LoadedModel, groups: dict[st
     tried = {row["strength"]: row["val_target_refusal"] for row in result.static_match["tried"]}
     arms = {}
     for value in sorted(tried):
-        adapter = copy.deepcopy(result.static)
-        for spec in adapter.strategies:
-            spec.strength = value
-        arms[f"static@{value:g}"] = adapter
+        arms[f"static@{value:g}"] = at_strength(result.static, value)
     refusal = evaluate_refusal(loaded.model, loaded.tokenizer, arms, groups, directions, max_new_tokens=max_new_tokens,
                                batch_size=2 * options.batch_size, progress=options.progress, cache=cache)
     neutral = [s.prompt for s in result.samples.select(split="test", label=NEUTRAL)]

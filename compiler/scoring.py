@@ -40,13 +40,15 @@ def completion_logprobs(model, tokenizer, items: Sequence[tuple[str, str]], max_
         raise ValueError("every scored item needs a non-empty completion")
     device = next(model.parameters()).device
     out = torch.zeros(len(items))
+    keeps_last = _takes_logits_to_keep(model)
     for batch in _batches(len(items), batch_size):
         ids, mask = left_pad([encoded[i][0] + encoded[i][1] for i in batch], tokenizer.pad_token_id)
         # Left padded, so every completion ends the row: only the last positions' logits are needed
         # (the vocabulary projection and log-softmax over every prompt position were a third of the time).
         keep = max(len(encoded[i][1]) for i in batch) + 1
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                       position_ids=position_ids(mask).to(device), **_last_logits(model, keep)).logits.float()
+                       position_ids=position_ids(mask).to(device),
+                       **({"logits_to_keep": keep} if keeps_last else {})).logits.float()
         keep = logits.shape[1]   # every position when the model cannot keep only the last ones
         logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, -keep + 1:, None].to(device))[..., 0].cpu()
         for row, i in enumerate(batch):
@@ -54,13 +56,12 @@ def completion_logprobs(model, tokenizer, items: Sequence[tuple[str, str]], max_
     return out
 
 
-def _last_logits(model, keep: int) -> dict:
-    """``logits_to_keep`` for models whose forward takes it (transformers causal LMs do), else nothing."""
+def _takes_logits_to_keep(model) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers causal LMs do)."""
     try:
-        takes = "logits_to_keep" in inspect.signature(model.forward).parameters
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
-        takes = False
-    return {"logits_to_keep": keep} if takes else {}
+        return False
 
 
 def preference(model, tokenizer, prompts: Sequence[str], positives: Sequence[str], negatives: Sequence[str],
