@@ -4,9 +4,9 @@ MASteer's core idea: a library proposes several strategies, each carries an anch
 inputs it helps, and at inference the anchors choose. From the library's candidates (gateable
 directions at their layers) this stage:
 
-1. fits a base anchor per candidate on the training split's MLP inputs (target tokens against every
-   token of neutral sequences: the prompts, the model's own answers to them and decoy completions,
-   ``neutral_answers``; ``anchors.fit_gate``);
+1. fits a base anchor per candidate on the training split's MLP inputs (the tokens of every training
+   target against every token of neutral sequences: the prompts, the model's own answers to them and
+   decoy completions, ``neutral_answers``; ``anchors.fit_gate``);
 2. measures applicability with that anchor in place: the per-sample effect on training targets and on
    val targets, and the drift on val neutral prompts (``applicability``);
 3. specialises each anchor: refitted to open on the training targets where *this* candidate helps (it
@@ -15,7 +15,10 @@ directions at their layers) this stage:
    samples keeps its base anchor;
 4. prunes candidates that win (largest effect) on no val sample;
 5. chooses the program greedily on val: start from the best single gated strategy (by the recipe's own
-   behaviour score where it has one, e.g. judged refusal of short greedy answers; else by val log-odds),
+   behaviour score where it has one, e.g. judged refusal of short greedy answers; else by val log-odds;
+   with a behaviour score, the winner's anchor is also tried at the other operating points of
+   ``ANCHOR_BUDGETS``, because a threshold set on every neutral token is only a proxy for the trade between
+   harmful and benign prompts opened),
    add the candidate (among the ``POOL_SIZE`` that win most often) that most raises *coverage* (the share of val targets moved by at least half of what the best single
    strategy typically achieves; ties by mean effect) while the program's drift stays within budget
    and, where the recipe has a behaviour score, that score does not fall;
@@ -40,7 +43,7 @@ from masteer.runtime.artifact import INDEPENDENT
 
 from .activations import COMPLETION, PROMPT_TAIL, Activations
 from .algorithms import Proposal
-from .anchors import Gate, fit_gate
+from .anchors import DEFAULT_FPR_BUDGET, Gate, fit_gate
 from .applicability import measure, score_adapter
 from .program import Program, ProgramStrategy, lower
 from .samples import NEUTRAL, TARGET, Sample
@@ -53,6 +56,8 @@ POOL_SIZE = 3              # candidates tried at each greedy step (by val wins)
 COVERAGE_FRACTION = 0.5    # "moved": effect >= this fraction of the best single strategy's median effect
 MIN_MOVED_EFFECT = 0.01    # ... and never below this (nats), so a program that moves nothing covers nothing
 MAX_PROMPT_FPR = 0.05      # an addition may not open the program on more val neutral prompts than this
+# operating points tried for the first strategy's anchor: the share of neutral training tokens it may open on
+ANCHOR_BUDGETS = (0.01, DEFAULT_FPR_BUDGET, 0.04)
 
 
 @dataclass
@@ -100,20 +105,28 @@ class ProgramContext:
     # The program's share of val neutral prompts with an anchor open at the last prompt token; when given,
     # an addition may not push it above MAX_PROMPT_FPR (nor raise it, if the start is already above).
     neutral_fpr: Callable[[SteeringAdapter], float] | None = None
+    # rewrite families whose samples no anchor may see (leave-one-family-out fits, ``lofo``)
+    withheld: frozenset[str] = frozenset()
+    # every training target a base anchor opens on (``train_ids``, the targets applicability is scored on, is
+    # capped for time; an anchor fitted on that cap alone saw a fifth of the training set); empty: train_ids
+    anchor_ids: Sequence[str] = ()
 
     def sequences_of(self, sample_ids: set[str], split: str) -> list[int]:
         """Sequences of these samples that show the prompt and, if any, the desired completion."""
         return [i for i, (s, r) in enumerate(zip(self.sequences, self.roles))
-                if s.id in sample_ids and s.split == split and r != "negative"]
+                if s.id in sample_ids and s.split == split and r != "negative" and s.family not in self.withheld]
 
     def neutral_sequences(self, split: str = "train") -> list[int]:
-        return [i for i, s in enumerate(self.sequences) if s.label == NEUTRAL and s.split == split]
+        return [i for i, s in enumerate(self.sequences)
+                if s.label == NEUTRAL and s.split == split and s.family not in self.withheld]
 
 
-def fit_anchor(ctx: ProgramContext, layer: int, fire_on: list[int], avoid: list[int]) -> Gate:
-    """Open on the prompt tail and desired completion of ``fire_on``; shut on every token of ``avoid``."""
+def fit_anchor(ctx: ProgramContext, layer: int, fire_on: list[int], avoid: list[int],
+               fpr_budget: float = DEFAULT_FPR_BUDGET) -> Gate:
+    """Open on the prompt tail and desired completion of ``fire_on``; shut on every token of ``avoid`` (all but
+    ``fpr_budget`` of them)."""
     return fit_gate(ctx.acts.tokens_of(fire_on, layer, kinds=(PROMPT_TAIL, COMPLETION)),
-                    ctx.acts.tokens_of(avoid, layer), ctx.host_form, seed=ctx.seed)
+                    ctx.acts.tokens_of(avoid, layer), ctx.host_form, seed=ctx.seed, fpr_budget=fpr_budget)
 
 
 def strategy_of(candidate: Candidate, gate: Gate, strength: float | None = None) -> ProgramStrategy:
@@ -131,6 +144,42 @@ def coverage(effect: torch.Tensor, threshold: float) -> float:
     return float((effect >= threshold).double().mean())
 
 
+@dataclass
+class Anchors:
+    """Every candidate's anchors: the base anchor, the anchor it carries (specialised where it helps enough
+    training targets, else the base one) and the training applicability the specialisation read."""
+    base: dict[str, Gate]
+    gates: dict[str, Gate]
+    train: object   # applicability.Applicability
+    # candidate -> anchor kind ("base", "specialised") -> the (fire_on, avoid) sequences it was fitted on
+    fitted_on: dict[str, dict[str, tuple[list[int], list[int]]]] = field(default_factory=dict)
+
+
+def fit_anchors(ctx: ProgramContext, candidates: Sequence[Candidate], selection: str = INDEPENDENT,
+                progress: bool = True) -> Anchors:
+    """Steps 1-3 of the module docstring: base anchors, training applicability, specialised anchors."""
+    train_targets = set(ctx.anchor_ids or ctx.train_ids)
+    neutral = ctx.neutral_sequences("train")
+    base_sets = (ctx.sequences_of(train_targets, "train"), neutral)
+    base_gates = {c.name: fit_anchor(ctx, c.proposal.layer, *base_sets) for c in candidates}
+    fitted_on = {c.name: {"base": base_sets} for c in candidates}
+    single = {c.name: program_adapter(ctx, [strategy_of(c, base_gates[c.name])], selection) for c in candidates}
+    train_app = measure(ctx.model, ctx.train_scorer, single, ctx.train_ids, progress, "applicability (train)")
+    gates = {}
+    for c in candidates:
+        helped = {sid for sid, h in zip(ctx.train_ids, train_app.helps(c.name).tolist()) if h}
+        harmed = {sid for sid, e in zip(ctx.train_ids, train_app.effect[train_app.index(c.name)].tolist()) if e <= 0}
+        if len(helped) >= MIN_SPECIALISED:
+            sets = (ctx.sequences_of(helped, "train"), neutral + ctx.sequences_of(harmed, "train"))
+            gates[c.name] = fit_anchor(ctx, c.proposal.layer, *sets)
+            fitted_on[c.name]["specialised"] = sets
+        else:
+            gates[c.name] = base_gates[c.name]
+        gates[c.name].stats.update(specialised=len(helped) >= MIN_SPECIALISED, helped_train=len(helped),
+                                   harmed_train=len(harmed))
+    return Anchors(base=base_gates, gates=gates, train=train_app, fitted_on=fitted_on)
+
+
 def build_program(ctx: ProgramContext, candidates: Sequence[Candidate], selection: str = INDEPENDENT,
                   max_strategies: int = DEFAULT_MAX_STRATEGIES, progress: bool = True,
                   log: Callable[[str], None] = print) -> tuple[Program, SearchRecord]:
@@ -138,24 +187,8 @@ def build_program(ctx: ProgramContext, candidates: Sequence[Candidate], selectio
     if not candidates:
         raise ValueError("no candidate strategies to build a program from")
     record = SearchRecord()
-    train_targets = set(ctx.train_ids)
-    neutral = ctx.neutral_sequences("train")
-    base_gates = {c.name: fit_anchor(ctx, c.proposal.layer, ctx.sequences_of(train_targets, "train"), neutral)
-                  for c in candidates}
-    single = {c.name: program_adapter(ctx, [strategy_of(c, base_gates[c.name])], selection) for c in candidates}
-    train_app = measure(ctx.model, ctx.train_scorer, single, ctx.train_ids, progress, "applicability (train)")
-
-    gates = {}
-    for c in candidates:
-        helped = {sid for sid, h in zip(ctx.train_ids, train_app.helps(c.name).tolist()) if h}
-        harmed = {sid for sid, e in zip(ctx.train_ids, train_app.effect[train_app.index(c.name)].tolist()) if e <= 0}
-        if len(helped) >= MIN_SPECIALISED:
-            gates[c.name] = fit_anchor(ctx, c.proposal.layer, ctx.sequences_of(helped, "train"),
-                                       neutral + ctx.sequences_of(harmed, "train"))
-        else:
-            gates[c.name] = base_gates[c.name]
-        gates[c.name].stats.update(specialised=len(helped) >= MIN_SPECIALISED, helped_train=len(helped),
-                                   harmed_train=len(harmed))
+    anchors = fit_anchors(ctx, candidates, selection, progress)
+    base_gates, gates, train_app = anchors.base, anchors.gates, anchors.train
     strategies = {c.name: strategy_of(c, gates[c.name]) for c in candidates}
     singles = {name: program_adapter(ctx, [s], selection) for name, s in strategies.items()}
     val_app = measure(ctx.model, ctx.val_scorer, singles, ctx.val_ids, progress, "applicability (val)")
@@ -179,7 +212,7 @@ def build_program(ctx: ProgramContext, candidates: Sequence[Candidate], selectio
         behaviour = float("nan")   # no behaviour score: val log-odds coverage alone decides
     else:
         best, strategies[best], effect, drift, behaviour = start_by_behaviour(
-            ctx, candidates, strategies, base_gates, val_app, selection, record, progress, log)
+            ctx, candidates, strategies, base_gates, val_app, selection, record, progress, log, anchors.fitted_on)
     threshold = max(COVERAGE_FRACTION * float(effect.median()), MIN_MOVED_EFFECT)
     record.moved_threshold = threshold
     record.pruned = [n for n in strategies if wins[n] == 0 and n != best]
@@ -244,9 +277,13 @@ def _stop(record: SearchRecord, step: dict, log: Callable[[str], None], why: str
 
 def start_by_behaviour(ctx: ProgramContext, candidates: Sequence[Candidate], strategies: dict[str, ProgramStrategy],
                        base_gates: dict[str, Gate], val_app, selection: str, record: SearchRecord, progress: bool,
-                       log: Callable[[str], None]) -> tuple[str, ProgramStrategy, torch.Tensor, float, float]:
+                       log: Callable[[str], None], fitted_on: dict | None = None
+                       ) -> tuple[str, ProgramStrategy, torch.Tensor, float, float]:
     """The first strategy by ``ctx.start_score``: every candidate with its specialised anchor and, where that
-    differs, its base anchor, within the drift budget; ties by val log-odds effect. Returns the name, the
+    differs, its base anchor, within the drift budget; ties by val log-odds effect. Then the winner's anchor at
+    the other operating points of ``ANCHOR_BUDGETS`` (the share of neutral training tokens it may open on):
+    where its prompts end, a threshold set on every neutral token is only a proxy for the prompt-level trade
+    between harmful prompts opened and benign ones, which the behaviour score measures. Returns the name, the
     strategy (with the winning anchor), its per-sample val effect, its drift and its score."""
     variants = []
     for c in candidates:
@@ -268,6 +305,24 @@ def start_by_behaviour(ctx: ProgramContext, candidates: Sequence[Candidate], str
     if not scored:
         raise ValueError(f"no gated candidate stays within the drift budget {ctx.budget:g} on val neutral prompts")
     score, _, name, anchor, strategy, effect, drift = max(scored, key=lambda t: (t[0], t[1], t[2], t[3]))
+    if fitted_on is not None and anchor in fitted_on.get(name, {}):
+        candidate = next(c for c in candidates if c.name == name)
+        for budget in ANCHOR_BUDGETS:
+            if budget == DEFAULT_FPR_BUDGET:
+                continue
+            gate = fit_anchor(ctx, candidate.proposal.layer, *fitted_on[name][anchor], fpr_budget=budget)
+            gate.stats.update({k: v for k, v in strategy.gate.stats.items() if k not in gate.stats})
+            gate.stats["fpr_budget"] = budget
+            trial = strategy_of(candidate, gate)
+            trial_effect, trial_drift = score_adapter(ctx.model, ctx.val_scorer, program_adapter(ctx, [trial], selection))
+            row = {"name": name, "anchor": f"{anchor}@{budget:g}", "val_effect": round(float(trial_effect.mean()), 4),
+                   "val_drift": round(float(trial_drift), 5)}
+            if trial_drift <= ctx.budget:
+                row["score"] = round(float(ctx.start_score(program_adapter(ctx, [trial], selection))), 4)
+                if row["score"] > score:
+                    score, strategy, effect, drift = row["score"], trial, trial_effect, trial_drift
+                    anchor = row["anchor"]
+            record.start_scores.append(row)
     log(f"program: start strategy by val behaviour: {name} ({anchor} anchor, score {score:+.3f}); "
         + ", ".join(f"{r['name']}/{r['anchor']} {r.get('score', float('nan')):+.3f}" for r in record.start_scores))
     return name, strategy, effect, float(drift), score
@@ -277,13 +332,14 @@ def applicability_targets(samples: Sequence[Sample], limit: int | None = None
                           ) -> tuple[list[tuple[str, str, str | None]], list[str]]:
     """(prompt, positive, negative) items and ids of the target samples that have a desired completion.
 
-    With ``limit``, at most that many, taken evenly across the sample groups in their order (so a cap
-    keeps every kind of target), deterministic."""
+    With ``limit``, at most that many, taken evenly across the kinds of target in their order (group, source
+    set and rewrite family: so a cap keeps every kind), deterministic."""
     chosen = [s for s in samples if s.label == TARGET and s.positive is not None]
     if limit is not None and len(chosen) > limit:
-        groups: dict[str, list[Sample]] = {}
+        groups: dict[tuple[str, str, str], list[Sample]] = {}
         for s in chosen:
-            groups.setdefault(s.group, []).append(s)
+            source_set = s.source_id.split(":")[0].split("-")[0] if ":" in s.source_id else ""
+            groups.setdefault((s.group, source_set, s.family), []).append(s)
         chosen, k = [], 0
         while len(chosen) < limit:
             chosen += [g[k] for g in groups.values() if k < len(g)][:limit - len(chosen)]

@@ -44,7 +44,8 @@ from .pipeline import (CompileOptions, _prepare, anchor_negatives, capture_activ
                        val_rates)
 from .program import Program, lower
 from .recipes import Recipe
-from .samples import NEUTRAL, TARGET, Sample, SampleSet, prompt_key
+from .prompt_decision import BASE_ROUTE
+from .samples import NEUTRAL, TARGET, Sample, SampleSet, as_written, prompt_key
 from .scoring import HeldOutScorer
 from .strategies import DEFAULT_DRIFT_BUDGET, StrategyRow, library_table, strategy_adapter
 
@@ -58,6 +59,7 @@ MATCH_TOLERANCE = 0.05                   # "matched": static val target refusal 
 MATCH_BISECTIONS = 4                     # extra strengths tried between two multiples to get there
 COMPILE_STRENGTHS = (0.25, 0.5)          # static strengths compared inside a compile (the survey tries more)
 TRAIN_APPLICABILITY = 64                 # training targets scored per candidate to specialise its anchor
+TEST_EFFECT_ITEMS = 64                   # test targets in the teacher-forced effect table (taken evenly by kind)
 
 
 @dataclass
@@ -83,9 +85,10 @@ class ProgramCompile:
     static_match: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     loaded: LoadedModel | None = field(default=None, repr=False)   # the model it was compiled on (not saved)
+    layers: tuple[int, ...] = ()                                    # the candidate layers captured
 
     def report(self) -> dict:
-        return {"recipe": self.recipe.name, "issue": self.recipe.issue,
+        return {"recipe": self.recipe.name, "issue": self.recipe.issue, "layers": list(self.layers),
                 "samples": {"hash": self.samples.content_hash, "counts": self.samples.summary()},
                 "library": [r.to_dict() for r in self.library], "program": self.program.summary(),
                 "search": asdict(self.search), "static_match": self.static_match,
@@ -251,6 +254,7 @@ def compile_program(options: CompileOptions, adaptive: AdaptiveOptions | None = 
                          seed=seed, new_adapter=lambda: new_adapter(loaded, samples, recipe), model=loaded.model,
                          train_scorer=HeldOutScorer(loaded.model, loaded.tokenizer, train_items, [], options.batch_size),
                          train_ids=train_ids,
+                         anchor_ids=[s.id for s in samples.select(split="train", label=TARGET)],
                          val_scorer=HeldOutScorer(loaded.model, loaded.tokenizer, val_items, neutral_val,
                                                   options.batch_size),
                          val_ids=val_ids, budget=adaptive.budget,
@@ -275,7 +279,7 @@ def compile_program(options: CompileOptions, adaptive: AdaptiveOptions | None = 
     timings["static_match"] = time.perf_counter() - clock
     return ProgramCompile(recipe=recipe, samples=samples, library=rows, program=program, search=search,
                           adapter=adapter, single=single, static=static, static_match=match, timings=timings,
-                          loaded=loaded)
+                          loaded=loaded, layers=tuple(layers))
 
 
 @dataclass
@@ -323,6 +327,9 @@ def add_issue(options: CompileOptions, adapter_dir: str | Path, adaptive: Adapti
 # --------------------------------------------------------------------------- the before/after measurement
 BASE_ARM, STATIC_ARM, SINGLE_ARM, ADAPTIVE_ARM = "base", "static", "single", "adaptive"
 PER_PROMPT_ARM = "per-prompt"
+OPEN_ARM = "anchor open"   # pseudo-arm of the breakdowns: the program is open at the prompt's last token
+WRITTEN_ARM = "written refusals"   # fluency reference: the recipe's desired completions after the same prompts
+BREAKDOWN_FIELDS = ("family", "category")
 
 
 @dataclass
@@ -334,9 +341,17 @@ class ProgramEvaluation:
     suites: object | None = None                     # evaluation.EvalReport, when the suites ran
     frontier: list[dict] = field(default_factory=list)   # the static strategy on test at every strength tried
     timings: dict[str, float] = field(default_factory=dict)   # seconds per measurement
+    # field ("family", "category") -> rows of Evaluation.breakdown over the test prompts, with the share of
+    # prompts whose program is open at the last prompt token as the pseudo-arm OPEN_ARM
+    breakdowns: dict[str, list[dict]] = field(default_factory=dict)
+    # arm -> refusal rate on the test targets where the program is open at the last prompt token (and n)
+    open_refusal: dict[str, dict] = field(default_factory=dict)
+    # label -> arm -> fluency (evaluation.fluency) of the test answers; WRITTEN_ARM: the recipe's own refusals
+    fluency: dict[str, dict[str, dict]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"refusal": self.refusal.to_dict(), "teacher_forced": self.teacher_forced, "gates": self.gates,
+                "breakdowns": self.breakdowns, "open_refusal": self.open_refusal, "fluency": self.fluency,
                 "static_frontier": self.frontier, "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
                 "suites": self.suites.to_dict() if self.suites is not None and hasattr(self.suites, "to_dict")
                 else None}
@@ -353,8 +368,9 @@ def program_arms(result: ProgramCompile) -> dict[str, SteeringAdapter | None]:
 
 def teacher_forced_table(loaded: LoadedModel, samples: SampleSet, arms: dict, batch_size: int,
                          progress: bool) -> dict[str, dict[str, float]]:
-    """Mean effect on the test targets and mean next-token KL from the base model on the test neutral prompts."""
-    items, _ = applicability_targets(samples.select(split="test"))
+    """Mean effect on (at most ``TEST_EFFECT_ITEMS`` of) the test targets and mean next-token KL from the base model
+    on every test neutral prompt."""
+    items, _ = applicability_targets(samples.select(split="test"), limit=TEST_EFFECT_ITEMS)
     neutral = [s.prompt for s in samples.select(split="test", label=NEUTRAL)]
     if not items or not neutral:
         return {}
@@ -384,41 +400,48 @@ def timed(timings: dict[str, float], name: str):
 
 def static_frontier(result: ProgramCompile, loaded: LoadedModel, groups: dict[str, list[Sample]],
                     directions: dict[str, str], max_new_tokens: int, options: CompileOptions, cache) -> list[dict]:
-    """The matched static strategy on test at every strength the matching tried: judged refusal pooled by
-    direction and next-token KL on test neutral prompts, one row per strength (ascending)."""
+    """The matched static strategy on test at every strength the matching tried, and the program beside it on
+    the same prompts (its last row): judged refusal pooled by direction on the test prompts as written (one
+    form per source item, to save time; the program's answers come from the cache) and next-token KL on every
+    test neutral prompt, one row per strength (ascending)."""
     from .evaluation import evaluate_refusal
     if result.static is None or not result.static_match.get("tried"):
         return []
     tried = {row["strength"]: row["val_target_refusal"] for row in result.static_match["tried"]}
-    arms = {}
-    for value in sorted(tried):
-        arms[f"static@{value:g}"] = at_strength(result.static, value)
-    refusal = evaluate_refusal(loaded.model, loaded.tokenizer, arms, groups, directions, max_new_tokens=max_new_tokens,
-                               batch_size=2 * options.batch_size, progress=options.progress, cache=cache)
+    arms = {f"static@{value:g}": at_strength(result.static, value) for value in sorted(tried)}
+    arms[ADAPTIVE_ARM] = result.adapter
+    written = {g: as_written(members) for g, members in groups.items()}
+    refusal = evaluate_refusal(loaded.model, loaded.tokenizer, arms, {g: m for g, m in written.items() if m},
+                               directions, max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
+                               progress=options.progress, cache=cache)
     neutral = [s.prompt for s in result.samples.select(split="test", label=NEUTRAL)]
     drift = HeldOutScorer(loaded.model, loaded.tokenizer, [], neutral, options.batch_size) if neutral else None
     rows = []
-    for (arm, adapter), value in zip(arms.items(), sorted(tried)):
-        row = {"strength": value, "val_target_refusal": tried[value]}
+    for (arm, adapter), value in zip(arms.items(), sorted(tried) + [None]):
+        row = {"arm": "static" if value is not None else ADAPTIVE_ARM, "strength": value,
+               "val_target_refusal": tried.get(value)}
         row.update({f"test_{d}": round(refusal.pooled(d, arm), 4) for d in dict.fromkeys(directions.values())})
         row["test_neutral_kl"] = round(score_adapter(loaded.model, drift, adapter)[1], 5) if drift else None
+        row["prompts"] = sum(len(m) for m in written.values())
         rows.append(row)
     return rows
 
 
-def frontier_markdown(rows: Sequence[dict], refusal, arm: str = ADAPTIVE_ARM, kl: float | None = None) -> str:
-    """The static frontier with the program's own test numbers as the last row, for reading side by side."""
+def frontier_markdown(rows: Sequence[dict]) -> str:
+    """The static frontier with the program's own row last (same prompts), for reading side by side."""
     if not rows:
         return ""
     directions = [k[len("test_"):] for k in rows[0] if k.startswith("test_") and k != "test_neutral_kl"]
     lines = ["| arm | strength | val target refusal | " + " | ".join(f"test refusal ({d})" for d in directions)
              + " | test neutral KL |", "|---" * (4 + len(directions)) + "|"]
     for r in rows:
-        lines.append(f"| static | {r['strength']:g} | {100 * r['val_target_refusal']:.1f}% | "
-                     + " | ".join(f"{100 * r[f'test_{d}']:.1f}%" for d in directions)
-                     + f" | {r['test_neutral_kl'] if r['test_neutral_kl'] is not None else float('nan'):.4f} |")
-    lines.append(f"| **{arm}** | | | " + " | ".join(f"**{100 * refusal.pooled(d, arm):.1f}%**" for d in directions)
-                 + f" | **{kl if kl is not None else float('nan'):.4f}** |")
+        kl = r["test_neutral_kl"] if r["test_neutral_kl"] is not None else float("nan")
+        if r.get("arm", "static") == "static":
+            lines.append(f"| static | {r['strength']:g} | {100 * r['val_target_refusal']:.1f}% | "
+                         + " | ".join(f"{100 * r[f'test_{d}']:.1f}%" for d in directions) + f" | {kl:.4f} |")
+        else:
+            lines.append(f"| **{r['arm']}** | | | " + " | ".join(f"**{100 * r[f'test_{d}']:.1f}%**" for d in directions)
+                         + f" | **{kl:.4f}** |")
     return "\n".join(lines)
 
 
@@ -445,6 +468,10 @@ def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: Compi
         refusal = evaluate_refusal(loaded.model, loaded.tokenizer, arms, groups, recipe.evaluation.groups,
                                    max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
                                    progress=options.progress, cache=cache)
+        open_at_end = {p: key != BASE_ROUTE for p, key in arms[PER_PROMPT_ARM].route.items()}
+        breakdowns, open_refusal = held_out_breakdowns(refusal, [s for g in groups.values() for s in g], open_at_end)
+    with timed(timings, "fluency"):
+        fluent = answer_fluency(loaded, refusal, groups, options.batch_size)
     with timed(timings, "teacher_forced"):
         forced = teacher_forced_table(loaded, samples, arms, options.batch_size, options.progress)
     rows = []
@@ -452,8 +479,8 @@ def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: Compi
         with timed(timings, "static_frontier"):
             rows = static_frontier(result, loaded, groups, recipe.evaluation.groups, max_new_tokens, options, cache)
     with timed(timings, "gate_report"):
-        targets = [s.prompt for s in samples.select(split="test", label=TARGET)]
-        neutrals = [s.prompt for s in samples.select(split="test", label=NEUTRAL)]
+        targets = [s.prompt for s in as_written(samples.select(split="test", label=TARGET))]
+        neutrals = [s.prompt for s in as_written(samples.select(split="test", label=NEUTRAL))]
         gates = [r.to_dict() for r in gate_reports(loaded.model, loaded.tokenizer, result.adapter, targets, neutrals,
                                                    max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
                                                    progress=options.progress)]
@@ -465,7 +492,45 @@ def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: Compi
                                       max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size, cache=cache,
                                       progress=options.progress, log=log)
     return ProgramEvaluation(refusal=refusal, teacher_forced=forced, gates=gates, suites=report, frontier=rows,
-                             timings=timings)
+                             timings=timings, breakdowns=breakdowns, open_refusal=open_refusal, fluency=fluent)
+
+
+def answer_fluency(loaded: LoadedModel, refusal, groups: dict[str, list[Sample]], batch_size: int
+                   ) -> dict[str, dict[str, dict]]:
+    """Base-model fluency of each arm's test answers, targets and neutral prompts apart, with the recipe's
+    written refusals after the target prompts as the reference for a fluent refusal."""
+    from .evaluation.fluency import fluency
+    out: dict[str, dict[str, dict]] = {}
+    for label in (TARGET, NEUTRAL):
+        chosen = [s for g in groups.values() for s in g if s.label == label]
+        if not chosen:
+            continue
+        arms = refusal.arms if label == TARGET else [a for a in refusal.arms if a in (BASE_ARM, ADAPTIVE_ARM)]
+        out[label] = {arm: fluency(loaded.model, loaded.tokenizer, [(s.prompt, refusal.responses[arm][s.prompt])
+                                                                    for s in chosen], batch_size)
+                      for arm in arms}
+        written = [(s.prompt, s.positive) for s in chosen if s.positive]
+        if label == TARGET and written:
+            out[label][WRITTEN_ARM] = fluency(loaded.model, loaded.tokenizer, written, batch_size)
+    return out
+
+
+def held_out_breakdowns(refusal, samples: Sequence[Sample], open_at_end: dict[str, bool]
+                        ) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """Per-family and per-category rows of the test table (``OPEN_ARM`` beside the arms), and each arm's
+    refusal rate on the test targets where the program is open at the last prompt token."""
+    refusal.verdicts[OPEN_ARM] = {p: open_at_end.get(p, False) for p in refusal.verdicts[refusal.arms[0]]}
+    refusal.arms.append(OPEN_ARM)
+    try:
+        breakdowns = {f: refusal.breakdown([s for s in samples if getattr(s, f, "")], f) for f in BREAKDOWN_FIELDS}
+    finally:
+        refusal.arms.remove(OPEN_ARM)
+        del refusal.verdicts[OPEN_ARM]
+    opened = [s.prompt for s in samples if s.label == TARGET and open_at_end.get(s.prompt)]
+    open_refusal = {arm: {"n": len(opened), "refusal": round(sum(refusal.verdicts[arm][p] for p in opened)
+                                                              / len(opened), 4) if opened else None}
+                    for arm in refusal.arms}
+    return {f: rows for f, rows in breakdowns.items() if rows}, open_refusal
 
 
 # --------------------------------------------------------------------------- output
@@ -495,10 +560,27 @@ def summary_markdown(result: ProgramCompile, evaluation: ProgramEvaluation | Non
         from .gate_report import GateReport, format_gate_reports
         lines += ["", evaluation.refusal.markdown(), "", forced_markdown(evaluation.teacher_forced), "",
                   format_gate_reports([GateReport(**g) for g in evaluation.gates])]
+        if evaluation.open_refusal:
+            shown = {a: v for a, v in evaluation.open_refusal.items() if v["refusal"] is not None}
+            if shown:
+                n = next(iter(shown.values()))["n"]
+                lines += ["", f"Refusal on the {n} test targets where the program is open at the last prompt token: "
+                          + ", ".join(f"{a} {100 * v['refusal']:.1f}%" for a, v in shown.items())]
+        if evaluation.fluency:
+            lines += ["", "Fluency of the test answers (base-model perplexity of each answer given its prompt, median; "
+                          "share of repeated word trigrams):", "", "| answers to | arm | n | perplexity | repetition |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {label} | {arm} | {f['n']} | {f['perplexity']} | {f['repetition']} |"
+                      for label, per_arm in evaluation.fluency.items() for arm, f in per_arm.items()]
+        from .evaluation import breakdown_markdown
+        for name, rows in evaluation.breakdowns.items():
+            arms = [a for a in list(evaluation.refusal.arms) + [OPEN_ARM] if any(a in r for r in rows)]
+            lines += ["", f"Test refusal by {name} ({OPEN_ARM}: the program open at the last prompt token):", "",
+                      breakdown_markdown(rows, name, arms)]
         if evaluation.frontier:
-            lines += ["", "The static strategy on test at every strength the matching tried:", "",
-                      frontier_markdown(evaluation.frontier, evaluation.refusal,
-                                        kl=evaluation.teacher_forced.get(ADAPTIVE_ARM, {}).get("kl"))]
+            lines += ["", f"The static strategy at every strength the matching tried, on the "
+                          f"{evaluation.frontier[0].get('prompts', '')} test prompts as written:", "",
+                      frontier_markdown(evaluation.frontier)]
         if evaluation.suites is not None:
             lines += ["", evaluation.suites.markdown()]
     return "\n".join(lines)

@@ -105,15 +105,22 @@ def logistic_probe(x: torch.Tensor, y: torch.Tensor, weight_decay: float = 1e-2,
 
 
 def fit_gate(positive: torch.Tensor, negative: torch.Tensor, host_form: str,
-             fpr_budget: float = DEFAULT_FPR_BUDGET, kappa: float = DEFAULT_KAPPA, seed: int = 0) -> Gate:
-    """Fit a gate that fires on ``positive`` tokens and stays silent on ``negative`` ones."""
+             fpr_budget: float = DEFAULT_FPR_BUDGET, kappa: float = DEFAULT_KAPPA, seed: int = 0,
+             also_shut: tuple[torch.Tensor, ...] = ()) -> Gate:
+    """Fit a gate that fires on ``positive`` tokens and stays silent on ``negative`` ones.
+
+    ``also_shut``: subsets of the negatives on which the false-positive budget must hold *by itself* (the
+    threshold is the largest of their quantiles and the overall one): a small subset such as the last
+    tokens of neutral prompts would otherwise be swamped by thousands of easy tokens."""
     torch.manual_seed(seed)
     x = torch.cat([positive, negative]).double()
     y = torch.cat([torch.ones(len(positive)), torch.zeros(len(negative))]).double()
     w = logistic_probe(x, y).double()
     c = constant_direction(x)
     pos_scores, neg_scores = positive.double() @ w, negative.double() @ w
-    threshold = float(torch.quantile(neg_scores, 1.0 - fpr_budget))
+    threshold = max([float(torch.quantile(neg_scores, 1.0 - fpr_budget))]
+                    + [float(torch.quantile(subset.double() @ w, 1.0 - fpr_budget)) for subset in also_shut
+                       if len(subset)])
     unit = next((u for u in (float(torch.quantile(pos_scores, q)) - threshold for q in (RAMP_QUANTILE, 0.5))
                  if u > 0), float(pos_scores.std().clamp_min(1e-6)))
     spread = (x @ c)

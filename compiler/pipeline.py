@@ -110,18 +110,20 @@ class FitSequences:
     roles: list[str]   # "positive" | "negative" | "prompt" | "answer" | "decoy" (neutral_answers)
 
     def indices(self, role: str | None = None, label: str | None = None, paired: bool | None = None,
-                split: str | None = None) -> list[int]:
+                split: str | None = None, withheld: frozenset[str] = frozenset()) -> list[int]:
+        """Sequences by role, label, pairing and split; none of a ``withheld`` rewrite family."""
         return [i for i, (s, r) in enumerate(zip(self.samples, self.roles))
                 if (role is None or r == role) and (label is None or s.label == label)
-                and (paired is None or s.has_pair == paired) and (split is None or s.split == split)]
+                and (paired is None or s.has_pair == paired) and (split is None or s.split == split)
+                and s.family not in withheld]
 
-    def fit_inputs(self, acts: Activations, split: str = "train") -> FitInputs:
+    def fit_inputs(self, acts: Activations, split: str = "train", withheld: frozenset[str] = frozenset()) -> FitInputs:
         """What algorithms see: the given split's pairs, target and neutral sequences (not the anchor-only
-        answers and decoys, which would count a neutral prompt several times)."""
-        return FitInputs(activations=acts, paired=self.indices("positive", paired=True, split=split),
-                         paired_negative=self.indices("negative", paired=True, split=split),
-                         target_prompts=self.indices(label=TARGET, split=split),
-                         neutral_prompts=[i for i in self.indices(label=NEUTRAL, split=split)
+        answers and decoys, which would count a neutral prompt several times), none of a ``withheld`` family."""
+        return FitInputs(activations=acts, paired=self.indices("positive", paired=True, split=split, withheld=withheld),
+                         paired_negative=self.indices("negative", paired=True, split=split, withheld=withheld),
+                         target_prompts=self.indices(label=TARGET, split=split, withheld=withheld),
+                         neutral_prompts=[i for i in self.indices(label=NEUTRAL, split=split, withheld=withheld)
                                           if self.roles[i] not in ANCHOR_ONLY])
 
     def anchor_negatives(self, split: str = "train") -> list[int]:

@@ -38,10 +38,19 @@ class Sample:
     # sets saved before these fields existed load unchanged and keep their content hash.
     scenario: str = ""            # the issue scenario the sample exercises (AutoTester balances over these)
     provenance: dict | None = field(default=None, hash=False)  # agent, backend, model, seed item, method
+    # Added for rewrite families and harm categories (``rewrites``, ``harm_categories``); same rule as above.
+    family: str = ""              # the surface form: "direct" or a rewrite family ("past", "roleplay", ...)
+    category: str = ""            # the harm category of a harmful request ("cyber", "self-harm", ...)
 
     @property
     def has_pair(self) -> bool:
         return self.positive is not None and self.negative is not None
+
+    @property
+    def source_id(self) -> str:
+        """The source item this sample was written from (its rewrites share it); the sample's own id in sets
+        built before rewrite families, where every sample is its own source."""
+        return str((self.provenance or {}).get("source_id") or self.id)
 
 
 @dataclass
@@ -109,9 +118,9 @@ class SampleSet:
                    meta=header.get("meta", {}))
 
 
-_NEW_FIELDS = {"scenario": "", "provenance": None}  # written only when set (see Sample)
+_NEW_FIELDS = {"scenario": "", "provenance": None, "family": "", "category": ""}  # written only when set (Sample)
 _OPTIONAL_TEXT = ("positive", "negative")
-_TEXT = ("id", "source", "group", "scenario")
+_TEXT = ("id", "source", "group", "scenario", "family", "category")
 
 
 def sample_dict(sample: Sample) -> dict:
@@ -143,6 +152,12 @@ def _sample_from_dict(data: dict) -> Sample:
     if not isinstance(sample.prompt, str) or not sample.prompt.strip():
         raise ValueError("prompt must be a non-empty string")
     return sample
+
+
+def as_written(samples: Iterable[Sample]) -> list[Sample]:
+    """The samples in their source item's own words: rewrite family ``direct``, or every sample of a set built
+    before rewrite families. Where an evaluation runs on one form per source item to save time."""
+    return [s for s in samples if s.family in ("direct", "")]
 
 
 def prompt_key(prompt: str) -> str:

@@ -43,6 +43,7 @@ class AutoTesterOptions:
     llm_paraphrases: int = 24
     llm_answers: int = 48
     llm_rewrites: int = 24
+    llm_families: int = 48        # rewrite-family forms also asked of the LLM (the rules write the rest)
     max_tokens: int = 48
     progress: bool = True
 
@@ -114,7 +115,8 @@ def run_autotester(issue_or_recipe: str | Recipe, backend=None, options: AutoTes
     steps.set_postfix_str("writer")
     writer = Writer(analysis, backend, seed=options.seed, progress=options.progress,
                     settings=WriterSettings(paraphrases=options.llm_paraphrases, answers=options.llm_answers,
-                                            rewrites=options.llm_rewrites, max_tokens=options.max_tokens,
+                                            rewrites=options.llm_rewrites, llm_families=options.llm_families,
+                                            max_tokens=options.max_tokens,
                                             neutral=options.neutral, retrieved=options.retrieved,
                                             use_llm=options.use_llm))
     candidates = writer.write(retrieved, neutral_sources)
@@ -132,7 +134,9 @@ def run_autotester(issue_or_recipe: str | Recipe, backend=None, options: AutoTes
     samples = [Sample(id=_sample_id(analysis.name, c.prompt), prompt=c.prompt, label=c.label, split=splits[i],
                       positive=c.positive, negative=c.negative,
                       source=str(c.provenance.get("seed_item") or c.provenance.get("method", "")),
-                      group=c.group, scenario=c.scenario, provenance={**c.provenance, "base": c.base})
+                      group=c.group, scenario=c.scenario, family=c.family,
+                      provenance={**c.provenance, "base": c.base, "source_id": _sample_id(analysis.name, c.base),
+                                  "family": c.family, "backend": c.provenance.get("backend", "template")})
                for i, c in enumerate(accepted)]
     order = {s: k for k, s in enumerate(SPLITS)}
     samples.sort(key=lambda s: (order[s.split], s.label != TARGET))

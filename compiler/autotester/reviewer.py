@@ -28,6 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..judge import is_refusal
+from ..rewrites import DIRECT, vet_rewrite
 from ..samples import NEUTRAL, TARGET, prompt_key
 from .analyst import IssueAnalysis
 from .retriever import similarities, tokens
@@ -177,6 +178,11 @@ class Reviewer:
     def check_topic(self, c: Candidate) -> str | None:
         a = self.analysis
         method = str(c.provenance.get("method", ""))
+        original = c.provenance.get("original")
+        if c.family != DIRECT and isinstance(original, str):   # a rewrite-family form, by the LLM or the rules
+            why = vet_rewrite(original, c.prompt, c.family)
+            if why is not None:
+                return f"{c.family} rewrite: {why}"
         if c.label == NEUTRAL:
             if a.claim is not None and a.claim.about_self and _YOU.search(c.prompt) and \
                     self.keywords & set(tokens(c.prompt)):
@@ -284,6 +290,8 @@ class Reviewer:
         """
         keep: set[int] = set()
         surplus: list[Rejection] = []
+        forms = [i for i, c in enumerate(accepted) if c.family != DIRECT]   # rewrite-family forms: see below
+        accepted_forms, accepted = [accepted[i] for i in forms], [c for c in accepted if c.family == DIRECT]
         targets = [i for i, c in enumerate(accepted) if c.label == TARGET]
         by_scenario: dict[str, list[int]] = {}
         for i in targets:
@@ -306,7 +314,14 @@ class Reviewer:
         limit = len(order) if self.neutral is None else self.neutral
         keep.update(order[:limit])
         surplus += [Rejection(accepted[i], "balance", f"already {limit} neutral prompts") for i in order[limit:]]
-        return [c for i, c in enumerate(accepted) if i in keep], surplus
+        kept = [c for i, c in enumerate(accepted) if i in keep]
+        # A rewrite-family form stays with its base prompt: kept when a form of that base was kept, and then
+        # outside the caps (the caps balance framings; the families cycle evenly by construction).
+        bases = {(c.label, c.base) for c in kept}
+        kept += [c for c in accepted_forms if (c.label, c.base) in bases]
+        surplus += [Rejection(c, "balance", "its base prompt was not kept") for c in accepted_forms
+                    if (c.label, c.base) not in bases]
+        return kept, surplus
 
 
 def review_labelled(rows: list[dict]) -> list[Rejection | None]:

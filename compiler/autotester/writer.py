@@ -15,8 +15,12 @@ what templates cannot:
   is a duplicate; if it rejects it, the template version survives. Nothing is lost to a weak LLM,
   and the rejections show what it got wrong.
 
-Every base prompt is asked in each scenario's framing (see ``analyst.FRAMINGS``); the base prompt
-is kept on the candidate so splits can keep all framings of one question together.
+Every base prompt is asked in each scenario's framing (see ``analyst.FRAMINGS``) and, once more, in a
+rewrite family (``rewrites``: past tense, hypothetical, role-play, ...; the families cycle, seeded), and
+so is every neutral prompt, so that no anchor learns a surface form as the issue. A family rewrite comes
+from the rules, and where an LLM backend is configured the LLM's rewrite of the same prompt is offered
+first (the reviewer vets both with ``rewrites.vet_rewrite``). The base prompt is kept on the candidate so
+splits keep all framings and rewrites of one question together.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from tqdm.auto import tqdm
 
 from ..backends.base import ChatParams, user
+from ..rewrites import DIRECT, FAMILIES, llm_rewrite_request, rewrite
 from ..samples import NEUTRAL, TARGET
 from .analyst import FRAMINGS, IssueAnalysis
 from .corpus import SeedItem, load_source
@@ -50,6 +55,7 @@ class Candidate:
     group: str
     base: str                      # the prompt before framing: splits keep a base's framings together
     provenance: dict = field(default_factory=dict)
+    family: str = DIRECT           # the rewrite family of the prompt (``rewrites``)
 
 
 @dataclass
@@ -71,6 +77,8 @@ class WriterSettings:
     neutral: int = 120
     retrieved: int = 40            # retrieved seed items used as bases
     use_llm: bool = True
+    families: bool = True          # one rewrite-family form of every base and neutral prompt
+    llm_families: int = 48         # of those, at most this many also asked of the LLM (offered first)
 
 
 def _first_line(text: str) -> str:
@@ -146,6 +154,36 @@ class Writer:
                                      self._prov(b.method, b.seed_item, framing=framing)))
         if self.llm:
             out = self._llm_replies(out)
+        if self.settings.families:
+            out += self.family_forms([(b.prompt, b.positive, b.negative, TARGET, "target", b.prompt,
+                                       self._prov(b.method, b.seed_item)) for b in bases])
+        return out
+
+    def family_forms(self, items: list[tuple]) -> list[Candidate]:
+        """Each (prompt, positive, negative, label, group, base, provenance) once more in the next rewrite
+        family of its label's seeded cycle: the LLM's rewrite first where a backend is configured (at most
+        ``llm_families``), then the rules' (module docstring)."""
+        cycles: dict[str, list[str]] = {}
+        planned = []
+        for prompt, pos, neg, label, group, base, prov in items:
+            cycle = cycles.setdefault(label, [])
+            if not cycle:
+                cycle.extend(self.rng.sample(FAMILIES, len(FAMILIES)))
+            planned.append((prompt, pos, neg, label, group, base, prov, cycle.pop()))
+        llm_texts: dict[int, str] = {}
+        if self.llm and self.settings.llm_families:
+            todo = list(range(min(len(planned), self.settings.llm_families)))
+            replies = self._ask([llm_rewrite_request(planned[k][0], planned[k][7]) for k in todo],
+                                "writer: rewrite families")
+            llm_texts = {k: " ".join(_first_line(r).split()) for k, r in zip(todo, replies)}
+        out = []
+        for k, (prompt, pos, neg, label, group, base, prov, family) in enumerate(planned):
+            common = {"family": family, "original": prompt}
+            if k in llm_texts:
+                out.append(Candidate(llm_texts[k], pos, neg, label, family, group, base,
+                                     {**self._prov("llm-family", prov.get("seed_item")), **common}, family))
+            out.append(Candidate(rewrite(prompt, family, self.rng), pos, neg, label, family, group, base,
+                                 {**prov, "rewrite": "rules", **common}, family))
         return out
 
     def _llm_replies(self, targets: list[Candidate]) -> list[Candidate]:
@@ -193,6 +231,8 @@ class Writer:
             item = pool[i]
             out.append(Candidate(item.prompt, None, None, NEUTRAL, "direct", "neutral", item.prompt,
                                  self._prov("retrieved", item.id)))
+        if self.settings.families:
+            out += self.family_forms([(c.prompt, None, None, NEUTRAL, c.group, c.base, c.provenance) for c in out])
         return out
 
     def write(self, retrieved: list[Retrieved], neutral_sources: list[str] | None = None) -> list[Candidate]:

@@ -13,14 +13,15 @@ from .bootstrap import Estimate, ItemValues, bootstrap, paired_difference
 from .cache import ResultCache
 from .harness import Arm, evaluate
 from .overlap import SplitOverlapError, check_overlap
-from .refusal_table import (Evaluation, GroupResult, binomial_halfwidth, evaluate_refusal, wilson_interval,
-                            within_interval_rows)
+from .refusal_table import (Evaluation, GroupResult, binomial_halfwidth, breakdown_markdown, evaluate_refusal,
+                            wilson_interval, within_interval_rows)
 from .report import EvalReport, write_report
 from .run import EvalOptions, card_metrics, evaluate_compile, render_report, run_eval
 from .suites import DEFAULT_SUITES, SUITES, Suite, compile_suites, load_suites
 
 __all__ = ["Arm", "DEFAULT_SUITES", "Estimate", "EvalOptions", "EvalReport", "Evaluation", "GroupResult",
            "ItemValues", "ResultCache", "SUITES", "SplitOverlapError", "Suite", "binomial_halfwidth", "bootstrap",
+           "breakdown_markdown",
            "wilson_interval", "within_interval_rows",
            "card_metrics", "check_overlap", "compile_suites", "evaluate", "evaluate_compile", "evaluate_refusal",
            "load_suites", "paired_difference", "render_report", "run_eval", "write_report"]

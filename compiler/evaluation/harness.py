@@ -305,7 +305,7 @@ def evaluate(model, tokenizer, arms, suites: Sequence[Suite | str] | None = None
                 secondary={k: bootstrap(v, n_boot=n_boot, seed=seed) for k, v in values.items() if k},
                 examples=item_examples[:examples])
         results.append(SuiteResult(suite=suite.describe(), role="target" if suite.name in targets else "hold",
-                                   arms=arms_out))
+                                   arms=arms_out, breakdowns=_breakdowns(suite, arms_out)))
     settings = {
         "generation": {**ctx.generation_key, "batch_size": batch_size, "padding": "left",
                        "chat_template": bool(getattr(tokenizer, "chat_template", None))},
@@ -324,6 +324,29 @@ def evaluate(model, tokenizer, arms, suites: Sequence[Suite | str] | None = None
     return EvalReport(arms=[a.name for a in arm_list], arm_info={a.name: a.describe() for a in arm_list},
                       suites=results, settings=settings, judge=validation, overlap=overlap, timings=timings,
                       base_arm=base)
+
+
+BREAKDOWN_TAGS = ("family", "category")
+
+
+def _breakdowns(suite: Suite, arms: Mapping[str, "ArmResult"]) -> dict[str, dict[str, dict]]:
+    """Mean per-item value by item tag (rewrite family, harm category), for mean-statistic suites whose items
+    carry tags; values in the order they first occur."""
+    out: dict[str, dict[str, dict]] = {}
+    for tag in BREAKDOWN_TAGS:
+        values = [getattr(x, tag, "") for x in suite.items]
+        if not any(values):
+            continue
+        rows: dict[str, dict] = {}
+        for value in dict.fromkeys(v or "-" for v in values):
+            members = [i for i, v in enumerate(values) if (v or "-") == value]
+            row = {"n": len(members)}
+            for name, result in arms.items():
+                if result.values.statistic == MEAN and len(result.values.values) == len(values):
+                    row[name] = round(sum(result.values.values[i] for i in members) / len(members), 4)
+            rows[value] = row
+        out[tag] = rows
+    return out
 
 
 def _version(name: str) -> str:

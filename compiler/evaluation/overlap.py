@@ -30,7 +30,7 @@ class SplitOverlapError(MasteerError):
 
 def item_texts(suite: Suite, item) -> list[str]:
     """The texts of an item a model is shown or scored on (option letters such as "A" are not texts)."""
-    texts = [item.prompt]
+    texts = [item.prompt] + ([item.origin] if getattr(item, "origin", "") else [])
     if suite.kind in TEXT_OPTION_KINDS or (suite.kind == CHOICE and any(len(o) > 3 for o in item.options)):
         texts += list(item.options)
     if suite.kind == PERPLEXITY:

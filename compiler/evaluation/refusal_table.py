@@ -39,6 +39,26 @@ class Evaluation:
     groups: list[GroupResult]
     settings: dict
     suites: object = None   # the full suite report (an EvalReport) when the compile ran one
+    # arm -> prompt -> judged a refusal; what per-family and per-category rows are counted from
+    verdicts: dict[str, dict[str, bool]] = field(default_factory=dict, repr=False)
+    # arm -> prompt -> the answer (greedy); not saved in reports (the examples are)
+    responses: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+
+    def breakdown(self, samples: Sequence[Sample], field_name: str) -> list[dict]:
+        """Refusal rates by the value of a sample field (``family``, ``category``, ...), targets and neutral
+        prompts apart: one row per (label, value) with n and each arm's rate, from the judged answers."""
+        cells: dict[tuple[str, str], list[str]] = {}
+        for s in samples:
+            value = getattr(s, field_name, "") or "-"
+            cells.setdefault((s.label, value), []).append(s.prompt)
+        rows = []
+        for (label, value), prompts in sorted(cells.items(), key=lambda kv: (kv[0][0] != "target", kv[0][1])):
+            row = {"label": label, field_name: value, "n": len(prompts)}
+            for arm in self.arms:
+                if arm in self.verdicts and all(p in self.verdicts[arm] for p in prompts):
+                    row[arm] = round(sum(self.verdicts[arm][p] for p in prompts) / len(prompts), 4)
+            rows.append(row)
+        return rows
 
     def rate(self, group: str, arm: str) -> float:
         for g in self.groups:
@@ -195,4 +215,17 @@ def evaluate_refusal(model, tokenizer, arms: Mapping[str, SteeringAdapter | Rout
         start += n
     settings = {"decoding": "greedy", "max_new_tokens": max_new_tokens, "judge": "masteer.compiler.judge.is_refusal",
                 "chat_template": bool(getattr(tokenizer, "chat_template", None))}
-    return Evaluation(arms=list(arms), groups=results, settings=settings)
+    verdicts = {arm: {p: is_refusal(r) for p, r in zip(prompts, responses[arm])} for arm in arms}
+    return Evaluation(arms=list(arms), groups=results, settings=settings, verdicts=verdicts,
+                      responses={arm: dict(zip(prompts, responses[arm])) for arm in arms})
+
+
+def breakdown_markdown(rows: Sequence[dict], field_name: str, arms: Sequence[str]) -> str:
+    """A breakdown (:meth:`Evaluation.breakdown`) as a table: one row per (label, value), a column per arm."""
+    if not rows:
+        return ""
+    lines = [f"| label | {field_name} | n | " + " | ".join(arms) + " |", "|---" * (3 + len(arms)) + "|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r[field_name]} | {r['n']} | "
+                     + " | ".join(f"{100 * r[a]:.1f}%" if a in r else "-" for a in arms) + " |")
+    return "\n".join(lines)

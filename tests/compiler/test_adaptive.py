@@ -85,9 +85,11 @@ def test_the_program_starts_from_the_best_single_gated_strategy(compiled):
     search = result.search
     assert [c["name"] for c in search.candidates] == [f"refusal-{a}-L{r.layer}" for a in ALGORITHMS
                                                       for r in result.library if r.algorithm == a and r.kept]
-    best = max(search.candidates, key=lambda c: (c["val_effect"], c["name"]))
-    assert result.program.names[0] == best["name"] == search.steps[0]["chosen"]
-    assert result.single.strategies[0].strategy == best["name"]
+    # a random model refuses nothing, so the behaviour score ties and the val log-odds effect decides
+    assert all(row.get("score", 0.0) == 0.0 for row in search.start_scores)
+    chosen = next(c for c in search.candidates if c["name"] == result.program.names[0])
+    assert chosen["val_effect"] == max(c["val_effect"] for c in search.candidates)   # (rounded: ties allowed)
+    assert result.program.names[0] == search.steps[0]["chosen"] == result.single.strategies[0].strategy
 
 
 def test_a_behaviour_score_picks_the_start_strategy_and_its_anchor(small_samples, monkeypatch):

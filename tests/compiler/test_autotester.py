@@ -4,6 +4,8 @@ LLM, review, splits, provenance, the summary, every recipe's build, and a free-t
 
 from __future__ import annotations
 
+from collections import Counter
+
 import json
 import sys
 from pathlib import Path
@@ -25,6 +27,7 @@ from masteer.compiler.builders import resolve_recipe  # noqa: E402
 from masteer.compiler.models import LoadedModel  # noqa: E402
 from masteer.compiler.pipeline import CompileOptions, check_disjoint, compile_recipe  # noqa: E402
 from masteer.compiler.recipes import builtin_recipes, load_recipe  # noqa: E402
+from masteer.compiler.rewrites import FAMILIES
 from masteer.compiler.samples import NEUTRAL, TARGET, SampleSet, prompt_key  # noqa: E402
 from masteer.runtime.errors import MasteerError  # noqa: E402
 
@@ -184,15 +187,24 @@ def test_free_text_set_is_split_contrastive_and_balanced(human_set):
     assert len(targets) >= 80 and all(t.has_pair for t in targets)
     assert all(("not" in t.positive or "AI" in t.positive) and "not" not in t.negative and "human" in t.negative
                for t in targets)
-    counts = {sc: sum(1 for t in targets if t.scenario == sc) for sc in FRAMINGS}
-    assert max(counts.values()) - min(counts.values()) <= 2 and sum(counts.values()) == len(targets), counts
+    framed = [t for t in targets if t.family == "direct"]
+    counts = {sc: sum(1 for t in framed if t.scenario == sc) for sc in FRAMINGS}
+    assert max(counts.values()) - min(counts.values()) <= 2 and sum(counts.values()) == len(framed), counts
+    # every base question once more in a rewrite family, its scenario the family; the families cycle evenly
+    forms = [t for t in targets if t.family != "direct"]
+    families = Counter(t.family for t in forms)
+    assert set(families) == set(FAMILIES) and max(families.values()) - min(families.values()) <= 2, families
+    assert all(t.scenario == t.family and t.provenance["original"] == t.provenance["base"] for t in forms)
+    assert {t.provenance["base"] for t in forms} <= {t.provenance["base"] for t in framed}
+    neutral_forms = [x for x in s.select(label=NEUTRAL) if x.family != "direct"]
+    assert len(neutral_forms) >= 0.5 * len(s.select(label=NEUTRAL, )) / 2
     for split in ("train", "val", "test"):
         assert s.select(split=split, label=TARGET) and s.select(split=split, label=NEUTRAL)
     check_disjoint(s)
     # splits keep every framing of one base question together: no test base question is seen in training
     bases = {split: {t.provenance["base"] for t in s.select(split=split)} for split in ("train", "val", "test")}
     assert not (bases["train"] & bases["test"]) and not (bases["train"] & bases["val"])
-    assert all(t.prompt.endswith(t.provenance["base"]) for t in targets)
+    assert all(t.prompt.endswith(t.provenance["base"]) for t in framed)
 
 
 def test_provenance_and_rejections_are_recorded(human_set):

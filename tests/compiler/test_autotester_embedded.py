@@ -34,7 +34,8 @@ def loaded():
 @pytest.fixture(scope="module")
 def built(loaded, tmp_path_factory):
     backend = LocalBackend(EMBEDDED_NAME, cache=None, loaded=loaded)
-    options = AutoTesterOptions(seed=0, llm_paraphrases=6, llm_rewrites=6, progress=False)
+    options = AutoTesterOptions(seed=0, llm_paraphrases=6, llm_rewrites=6, llm_families=6,
+                                 progress=False)
     result = run_autotester(ISSUE, backend, options)
     path = result.samples.save(tmp_path_factory.mktemp("human") / "samples.jsonl")
     return result, path

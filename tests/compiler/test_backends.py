@@ -44,11 +44,17 @@ class FaultyHandler(ChatHandler):
         with server.lock:
             server.requests += 1
             server.in_flight += 1
-            server.max_in_flight = max(server.max_in_flight, server.in_flight)
             fault = server.faults.pop(0) if server.faults else None
         try:
             if server.delay:
+                # Concurrency is counted while requests wait here, before any answer is written: a client may
+                # send its next request as soon as it has read an answer, before this handler's ``finally``.
+                with server.lock:
+                    server.waiting += 1
+                    server.max_in_flight = max(server.max_in_flight, server.waiting)
                 time.sleep(server.delay)
+                with server.lock:
+                    server.waiting -= 1
             if fault == "429":
                 self.send_error_json(429, "rate limited", "rate_limit_error", {"Retry-After": "0.25"})
             elif fault == "500":
@@ -80,7 +86,7 @@ def server():
     torch.set_num_threads(1)
     with background_server(ChatEngine(_loaded()), handler=FaultyHandler) as srv:
         srv.lock = threading.Lock()
-        srv.requests, srv.in_flight, srv.max_in_flight, srv.faults, srv.delay = 0, 0, 0, [], 0.0
+        srv.requests, srv.in_flight, srv.waiting, srv.max_in_flight, srv.faults, srv.delay = 0, 0, 0, 0, [], 0.0
         yield srv
 
 

@@ -70,5 +70,7 @@ def test_the_packaged_kl_and_perplexity_splits_are_disjoint_from_a_refusal_compi
     own = compile_suites(samples, {"harmful": "up", "benign-edgy": "same"})
     assert [s.name for s in own] == ["refusal", "over-refusal"]
     assert check_overlap(own, samples)["checked"]
-    assert {x.prompt for x in own[1].items} <= {e.text for e in datasets.overrefusal_prompts()}
+    # the compile's test prompts as written are the packaged edgy prompts; its rewrites name them as their origin
+    assert {x.origin or x.prompt for x in own[1].items} <= {e.text for e in datasets.overrefusal_prompts()}
+    assert any(x.origin for x in own[1].items) and any(not x.origin for x in own[1].items)
     assert len(own[0].items) == len(samples.select(split="test", group="harmful"))

@@ -118,13 +118,19 @@ def test_the_compile_measures_the_per_prompt_arm_and_the_static_frontier_on_test
     assert PER_PROMPT_ARM not in evaluation.teacher_forced   # a routed arm has no single forward pass
     tried = sorted({row["strength"] for row in result.static_match["tried"]})
     rows = evaluation.frontier
-    assert [r["strength"] for r in rows] == tried and len(rows) >= 2
-    static_strength = result.static_match["chosen_strength"]
-    matched = next(r for r in rows if r["strength"] == static_strength)
-    assert matched["test_up"] == pytest.approx(evaluation.refusal.pooled("up", "static"))
-    assert matched["test_neutral_kl"] == pytest.approx(evaluation.teacher_forced["static"]["kl"], abs=1e-5)
-    assert rows[-1]["test_neutral_kl"] > rows[0]["test_neutral_kl"]   # a larger always-on push drifts more
-    table = frontier_markdown(rows, evaluation.refusal, kl=evaluation.teacher_forced[ADAPTIVE_ARM]["kl"])
-    assert table.count("| static |") == len(rows) and f"**{ADAPTIVE_ARM}**" in table
+    static_rows, (program_row,) = rows[:-1], rows[-1:]
+    assert [r["strength"] for r in static_rows] == tried and len(static_rows) >= 2
+    assert program_row["arm"] == ADAPTIVE_ARM
+    # the frontier runs on the test prompts as written: each row agrees with the main table's verdicts there
+    written = [s for s in result.samples.select(split="test") if s.family in ("direct", "")]
+    assert 0 < len(written) < len(result.samples.select(split="test")) == len(evaluation.refusal.verdicts["base"])
+    up = [s.prompt for s in written if s.label == "target"]
+    for arm, row in (("static", next(r for r in static_rows if r["strength"] == result.static_match["chosen_strength"])),
+                     (ADAPTIVE_ARM, program_row)):
+        assert row["test_up"] == pytest.approx(sum(evaluation.refusal.verdicts[arm][p] for p in up) / len(up))
+        assert row["test_neutral_kl"] == pytest.approx(evaluation.teacher_forced[arm]["kl"], abs=1e-5)
+    assert static_rows[-1]["test_neutral_kl"] > static_rows[0]["test_neutral_kl"]   # a larger push drifts more
+    table = frontier_markdown(rows)
+    assert table.count("| static |") == len(static_rows) and f"**{ADAPTIVE_ARM}**" in table
     assert "every strength the matching tried" in summary_markdown(result, evaluation)
     assert "static_frontier" in evaluation.to_dict()

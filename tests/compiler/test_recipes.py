@@ -70,7 +70,7 @@ def test_refusal_recipe_has_typed_fields():
     assert all(isinstance(r, str) and r.strip() for r in recipe.refusals)
 
     assert isinstance(recipe.defaults, RecipeDefaults)
-    assert recipe.defaults.layers == (8, 10, 12, 14, 16)
+    assert recipe.defaults.layers == (10, 12, 14)
     assert isinstance(recipe.defaults.layers, tuple)
     assert all(type(layer) is int for layer in recipe.defaults.layers)
     assert type(recipe.defaults.strength) is float and recipe.defaults.strength == 2.0
@@ -78,7 +78,8 @@ def test_refusal_recipe_has_typed_fields():
 
     assert isinstance(recipe.evaluation, RecipeEvaluation)
     assert type(recipe.evaluation.max_new_tokens) is int and recipe.evaluation.max_new_tokens == 24
-    assert recipe.evaluation.groups == {"harmful": "up", "benign-edgy": "same", "benign-truthfulqa": "same"}
+    assert recipe.evaluation.groups == {"harmful": "up", "benign-rho": "same", "benign-edgy": "same",
+                                        "benign-truthfulqa": "same"}
     assert set(recipe.evaluation.groups.values()) <= set(DIRECTIONS)
 
 
@@ -115,8 +116,8 @@ WRONG_TYPE = [
     ("strength = 2.0", 'strength = "high"', "defaults.strength"),
     ("strength = 2.0", "strength = true", "defaults.strength"),
     ("strength = 2.0", "strength = [2.0]", "defaults.strength"),
-    ("layers = [8, 10, 12, 14, 16]", 'layers = "8"', "defaults.layers"),
-    ("layers = [8, 10, 12, 14, 16]", "layers = 8", "defaults.layers"),
+    ("layers = [10, 12, 14]", 'layers = "8"', "defaults.layers"),
+    ("layers = [10, 12, 14]", "layers = 8", "defaults.layers"),
     ("seed = 0", "seed = 1.5", "defaults.seed"),
     ("seed = 0", 'seed = "0"', "defaults.seed"),
     ("max_new_tokens = 24", 'max_new_tokens = "24"', "evaluation.max_new_tokens"),
@@ -143,7 +144,7 @@ BAD_LAYERS = ["layers = []", "layers = [8, -1]", "layers = [8, true]", 'layers =
 
 @pytest.mark.parametrize("new", BAD_LAYERS)
 def test_bad_layer_lists_name_defaults_layers(tmp_path, refusal_text, new):
-    message = _load_error(_write(tmp_path, _edit(refusal_text, "layers = [8, 10, 12, 14, 16]", new)))
+    message = _load_error(_write(tmp_path, _edit(refusal_text, "layers = [10, 12, 14]", new)))
     assert _names_field(message, "defaults.layers"), message
 
 

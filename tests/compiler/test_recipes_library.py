@@ -36,7 +36,8 @@ def test_seven_issues_each_described_with_seeds_neutrals_evaluation_and_defaults
 def test_refusal_recipe_kept_its_values():
     r = load_recipe("refusal")
     assert r.builder == "refusal" and len(r.refusals) == 8 and r.defaults.strength == 2.0
-    assert r.evaluation.groups == {"harmful": "up", "benign-edgy": "same", "benign-truthfulqa": "same"}
+    assert r.evaluation.groups == {"harmful": "up", "benign-rho": "same", "benign-edgy": "same",
+                                   "benign-truthfulqa": "same"}
     assert r.evaluation.metric == "refusal"
 
 

@@ -1,5 +1,5 @@
-"""The AutoTester's sample fields (``scenario``, ``provenance``): written only when set, so files and content
-hashes from before they existed are unchanged, and validated on load like every other field."""
+"""The later sample fields (``scenario``, ``provenance``, ``family``, ``category``): written only when set, so
+files and content hashes from before they existed are unchanged, and validated on load like every other field."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _old_hash(samples) -> str:
     """The content hash exactly as it was computed before the new fields were added."""
     digest = hashlib.sha256()
     for s in samples:
-        data = {k: v for k, v in asdict(s).items() if k not in ("scenario", "provenance")}
+        data = {k: v for k, v in asdict(s).items() if k not in ("scenario", "provenance", "family", "category")}
         digest.update(json.dumps(data, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 

@@ -21,7 +21,7 @@ from masteer.compiler.samples import NEUTRAL, TARGET
 
 pytestmark = pytest.mark.embedded
 
-BENIGN_GROUPS = ("benign-edgy", "benign-truthfulqa")
+BENIGN_GROUPS = ("benign-rho", "benign-edgy", "benign-truthfulqa")
 LAYERS = (12, 16)
 
 
