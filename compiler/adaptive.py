@@ -314,11 +314,12 @@ def start_by_behaviour(ctx: ProgramContext, candidates: Sequence[Candidate], str
             gate.stats.update({k: v for k, v in strategy.gate.stats.items() if k not in gate.stats})
             gate.stats["fpr_budget"] = budget
             trial = strategy_of(candidate, gate)
-            trial_effect, trial_drift = score_adapter(ctx.model, ctx.val_scorer, program_adapter(ctx, [trial], selection))
+            trial_adapter = program_adapter(ctx, [trial], selection)
+            trial_effect, trial_drift = score_adapter(ctx.model, ctx.val_scorer, trial_adapter)
             row = {"name": name, "anchor": f"{anchor}@{budget:g}", "val_effect": round(float(trial_effect.mean()), 4),
                    "val_drift": round(float(trial_drift), 5)}
             if trial_drift <= ctx.budget:
-                row["score"] = round(float(ctx.start_score(program_adapter(ctx, [trial], selection))), 4)
+                row["score"] = round(float(ctx.start_score(trial_adapter)), 4)
                 if row["score"] > score:
                     score, strategy, effect, drift = row["score"], trial, trial_effect, trial_drift
                     anchor = row["anchor"]

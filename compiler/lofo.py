@@ -47,7 +47,7 @@ from .program import Program, lower
 from .rewrites import FAMILIES
 from .samples import NEUTRAL, TARGET, Sample, SampleSet
 from .scoring import HeldOutScorer
-from .separability import auroc, capture_prompt_ends, fit_probe, probe_scores
+from .separability import auroc, capture_prompt_ends, fit_probe, probe_scores, read_prompt_ends
 from .strategies import strategy_adapter
 
 ARMS = ("base", "static", "adaptive", "shipped")   # shipped: the compiled adapter, which saw the family
@@ -280,25 +280,11 @@ def _refit(loaded: LoadedModel, samples: SampleSet, seqs, acts, recipe, seed: in
     return {"program": program, "adapter": adapter, "static": static}
 
 
-@torch.no_grad()
 def _mlp_inputs_at_prompt_end(loaded: LoadedModel, prompts: Sequence[str], layers: Sequence[int],
                               batch_size: int) -> dict[int, torch.Tensor]:
     """The MLP input (what a gate reads) at each prompt's last token, at ``layers``."""
     from masteer.runtime.hosts import mlp_module
-    from .activations import encode_prompt, left_pad, position_ids
-    seen: dict[int, torch.Tensor] = {}
-    hooks = [mlp_module(loaded.model, layer).register_forward_pre_hook(
-        lambda module, args, layer=layer: seen.__setitem__(layer, args[0][:, -1].detach().float().cpu()))
-        for layer in layers]
-    out = {layer: torch.zeros(len(prompts), loaded.model.config.hidden_size) for layer in layers}
-    encoded = [encode_prompt(loaded.tokenizer, p) for p in prompts]
-    try:
-        for start in range(0, len(prompts), batch_size):
-            ids, mask = left_pad(encoded[start:start + batch_size], loaded.tokenizer.pad_token_id)
-            loaded.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
-            for layer in layers:
-                out[layer][start:start + batch_size] = seen[layer]
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return out
+    modules = [mlp_module(loaded.model, layer) for layer in layers]
+    read = read_prompt_ends(loaded.model, loaded.tokenizer, prompts, modules, inputs=True, batch_size=batch_size,
+                            progress=False)
+    return {layer: read[:, k] for k, layer in enumerate(layers)}

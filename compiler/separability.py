@@ -31,13 +31,25 @@ def capture_prompt_ends(model, tokenizer, prompts: Sequence[str], layers: Sequen
     (every layer when ``layers`` is None), prompts in the model's chat format as the compile sees them."""
     blocks = decoder_layers(model)
     layers = list(range(len(blocks))) if layers is None else list(layers)
+    return read_prompt_ends(model, tokenizer, prompts, [blocks[layer] for layer in layers], batch_size=batch_size,
+                            progress=progress)
+
+
+@torch.no_grad()
+def read_prompt_ends(model, tokenizer, prompts: Sequence[str], modules: Sequence[torch.nn.Module],
+                     inputs: bool = False, batch_size: int = 16, progress: bool = True) -> torch.Tensor:
+    """What each of ``modules`` outputs (or, with ``inputs``, receives) at each prompt's last token:
+    [len(prompts), len(modules), H]; one forward pass per batch, longest prompts first."""
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    out = torch.zeros(len(prompts), len(layers), model.config.hidden_size)
+    out = torch.zeros(len(prompts), len(modules), model.config.hidden_size)
     seen: dict[int, torch.Tensor] = {}
-    hooks = [blocks[layer].register_forward_hook(
-        lambda module, args, output, layer=layer: seen.__setitem__(
-            layer, (output if isinstance(output, torch.Tensor) else output[0])[:, -1].detach().float().cpu()))
-        for layer in layers]
+
+    def keep(k: int, value) -> None:
+        seen[k] = (value if isinstance(value, torch.Tensor) else value[0])[:, -1].detach().float().cpu()
+
+    hooks = [m.register_forward_pre_hook(lambda module, args, k=k: keep(k, args[0])) if inputs else
+             m.register_forward_hook(lambda module, args, output, k=k: keep(k, output))
+             for k, m in enumerate(modules)]
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     try:
@@ -46,7 +58,7 @@ def capture_prompt_ends(model, tokenizer, prompts: Sequence[str], layers: Sequen
             batch = order[start:start + batch_size]
             ids, mask = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id)
             model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids(mask).to(device))
-            out[batch] = torch.stack([seen[layer] for layer in layers], dim=1)
+            out[batch] = torch.stack([seen[k] for k in range(len(modules))], dim=1)
     finally:
         for hook in hooks:
             hook.remove()
