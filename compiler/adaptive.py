@@ -24,7 +24,14 @@ directions at their layers) this stage:
    and, where the recipe has a behaviour score, that score does not fall;
    stop when a step gains less than ``MIN_COVERAGE_GAIN``. Coverage and not the mean effect is the
    objective because two strategies firing on one input push it twice as far: the mean effect would
-   reward that, coverage rewards reaching inputs that no chosen strategy reaches yet.
+   reward that, coverage rewards reaching inputs that no chosen strategy reaches yet;
+6. where the recipe has a behaviour score, tries a *catch* strategy: the first strategy's algorithm at each
+   candidate layer with an anchor that opens on the training targets' undesired completions (the model
+   beginning to comply after a harmful prompt) and stays shut on every neutral token. The forward pass
+   decides per token, so an anchor fitted on prompt ends and desired answers shuts as soon as the answer
+   drifts towards compliance; the catch re-opens there (measured on the refusal val split: refusal where
+   the first anchor is open 74% -> 89%, ``tools/efficacy_variants.py``). Kept only if it raises the
+   behaviour score within the drift budget and without opening on more val neutral prompt ends.
 
 Because the search starts from the best single gated strategy and only accepts gains, the program's
 val effect is never below it: at a matched drift budget, adaptive >= best single gated.
@@ -32,7 +39,7 @@ val effect is never below it: at a matched drift budget, adaptive >= best single
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -107,6 +114,9 @@ class ProgramContext:
     neutral_fpr: Callable[[SteeringAdapter], float] | None = None
     # rewrite families whose samples no anchor may see (leave-one-family-out fits, ``lofo``)
     withheld: frozenset[str] = frozenset()
+    # every gateable proposal of the library (any algorithm, any layer) as a candidate: where the catch step
+    # (module docstring, step 6) finds the first strategy's algorithm at the other layers
+    catch_pool: Sequence[Candidate] = ()
     # every training target a base anchor opens on (``train_ids``, the targets applicability is scored on, is
     # capped for time; an anchor fitted on that cap alone saw a fifth of the training set); empty: train_ids
     anchor_ids: Sequence[str] = ()
@@ -115,6 +125,11 @@ class ProgramContext:
         """Sequences of these samples that show the prompt and, if any, the desired completion."""
         return [i for i, (s, r) in enumerate(zip(self.sequences, self.roles))
                 if s.id in sample_ids and s.split == split and r != "negative" and s.family not in self.withheld]
+
+    def undesired_sequences(self, sample_ids: set[str], split: str) -> list[int]:
+        """Sequences of these samples that show the prompt and the undesired completion."""
+        return [i for i, (s, r) in enumerate(zip(self.sequences, self.roles))
+                if s.id in sample_ids and s.split == split and r == "negative" and s.family not in self.withheld]
 
     def neutral_sequences(self, split: str = "train") -> list[int]:
         return [i for i, s in enumerate(self.sequences)
@@ -266,7 +281,55 @@ def build_program(ctx: ProgramContext, candidates: Sequence[Candidate], selectio
                              "mean_effect": round(scored[name][1], 4), "drift": round(drift, 5)})
         log(f"program: + {name} (val coverage {scored[name][0]:.2f}, mean effect {scored[name][1]:+.3f}, "
             f"drift {drift:.4f})")
-    return Program([strategies[n] for n in chosen], selection), record
+    program = [strategies[n] for n in chosen]
+    if ctx.start_score is not None and ctx.catch_pool and len(program) < max_strategies:
+        program += catch_step(ctx, program, behaviour, fpr, selection, record, progress, log)
+    return Program(program, selection), record
+
+
+CATCH = "catch"
+
+
+def fit_catch_anchor(ctx: ProgramContext, layer: int) -> Gate:
+    """Open on the undesired completions of every training target, shut on every neutral training token."""
+    targets = set(ctx.anchor_ids or ctx.train_ids)
+    gate = fit_gate(ctx.acts.tokens_of(ctx.undesired_sequences(targets, "train"), layer, kinds=(COMPLETION,)),
+                    ctx.acts.tokens_of(ctx.neutral_sequences("train"), layer), ctx.host_form, seed=ctx.seed)
+    gate.stats["anchor"] = CATCH
+    return gate
+
+
+def catch_step(ctx: ProgramContext, program: list[ProgramStrategy], behaviour: float, fpr: float, selection: str,
+               record: SearchRecord, progress: bool, log: Callable[[str], None]) -> list[ProgramStrategy]:
+    """Step 6 of the module docstring: the best catch strategy that raises the behaviour score, or none."""
+    first = program[0]
+    pool = [c for c in ctx.catch_pool if c.proposal.algorithm == first.algorithm]
+    step: dict = {"catch": {}}
+    best: tuple[float, ProgramStrategy] | None = None
+    if not ctx.undesired_sequences(set(ctx.anchor_ids or ctx.train_ids), "train"):
+        pool = []   # no undesired completions to fit a catch anchor on
+    for candidate in tqdm(pool, desc="catch strategy (val behaviour)", disable=not progress, leave=False):
+        trial = strategy_of(replace(candidate, name=f"{candidate.name}-{CATCH}"),
+                            fit_catch_anchor(ctx, candidate.proposal.layer))
+        adapter = program_adapter(ctx, program + [trial], selection)
+        _, drift = score_adapter(ctx.model, ctx.val_scorer, adapter)
+        row: dict = {"drift": round(drift, 5)}
+        if drift <= ctx.budget:
+            trial_fpr = ctx.neutral_fpr(adapter) if ctx.neutral_fpr else 0.0
+            row["neutral_fpr"] = round(trial_fpr, 4)
+            if trial_fpr <= max(MAX_PROMPT_FPR, fpr):
+                row["behaviour"] = round(float(ctx.start_score(adapter)), 4)
+                if row["behaviour"] > behaviour and (best is None or row["behaviour"] > best[0]):
+                    best = (row["behaviour"], trial)
+        step["catch"][trial.name] = row
+    if best is None:
+        _stop(record, {**step, "behaviour_before": round(behaviour, 4)}, log,
+              "no catch strategy raises the val behaviour score")
+        return []
+    record.steps.append({**step, "chosen": best[1].name, "behaviour": {"before": round(behaviour, 4),
+                                                                        "with": best[0]}})
+    log(f"program: + {best[1].name} (catch: val behaviour {behaviour:+.3f} -> {best[0]:+.3f})")
+    return [best[1]]
 
 
 def _stop(record: SearchRecord, step: dict, log: Callable[[str], None], why: str) -> None:

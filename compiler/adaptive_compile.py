@@ -69,6 +69,10 @@ class AdaptiveOptions:
     budget: float = DEFAULT_DRIFT_BUDGET
     selection: str = INDEPENDENT
     max_strategies: int = 3
+    # try a catch strategy (``adaptive`` step 6). Off by default: on the refusal recipe it raised val behaviour
+    # (+0.454 -> +0.545) and test harmful refusal (69.5% -> 75.3%) but also benign refusal (12.5% -> 18.1%),
+    # neutral KL (0.0042 -> 0.0151) and perplexity of plain text (5.34 -> 37.1), docs/generalisation.md
+    catch: bool = False
 
 
 @dataclass
@@ -93,6 +97,14 @@ class ProgramCompile:
                 "library": [r.to_dict() for r in self.library], "program": self.program.summary(),
                 "search": asdict(self.search), "static_match": self.static_match,
                 "timings_s": {k: round(v, 1) for k, v in self.timings.items()}}
+
+
+def catch_pool(rows: Sequence[StrategyRow], proposals: dict, recipe: Recipe, strength: float) -> list[Candidate]:
+    """Every gateable proposal at every layer (not only the kept ones): the catch step's candidates."""
+    gateable = {r.algorithm for r in rows if r.kind == GATEABLE}
+    return [Candidate(name=f"{recipe.name}-{algorithm}-L{layer}", issue=recipe.name, proposal=proposal,
+                      strength=strength)
+            for (algorithm, layer), proposal in sorted(proposals.items()) if algorithm in gateable]
 
 
 def candidates_from(rows: Sequence[StrategyRow], proposals: dict, recipe: Recipe, strength: float) -> list[Candidate]:
@@ -259,6 +271,7 @@ def compile_program(options: CompileOptions, adaptive: AdaptiveOptions | None = 
                                                   options.batch_size),
                          val_ids=val_ids, budget=adaptive.budget,
                          start_score=behaviour_score(recipe, loaded, val, options),
+                         catch_pool=catch_pool(rows, proposals, recipe, strength) if adaptive.catch else (),
                          neutral_fpr=lambda adapter: open_share(prompt_openings(loaded.model, loaded.tokenizer, adapter,
                                                                                 neutral_val, options.batch_size)))
     program, search = build_program(ctx, candidates, selection=adaptive.selection,

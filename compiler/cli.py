@@ -69,6 +69,9 @@ def _compile_options(func):
                                              "per layer and token (adapter only)."),
         click.option("--budget", type=float, help="adaptive mode: drift budget, mean next-token KL (nats) on "
                                                   "neutral prompts (default 0.05)."),
+        click.option("--catch", is_flag=True, help="adaptive mode: also try a strategy whose anchor opens where the "
+                                                   "model begins the undesired answer (more recall, less restraint; "
+                                                   "docs/generalisation.md)."),
         click.option("--add-to", "add_to", type=click.Path(file_okay=False, exists=True, path_type=Path),
                      help="adaptive mode: add this issue to an existing adapter, leaving its strategies as they are."),
         click.option("--samples", "samples_path", type=click.Path(dir_okay=False),
@@ -86,7 +89,7 @@ def _compile_options(func):
 
 
 def _run_compile(recipe, model, out, layers, strength, seed, mode, algorithm, algorithms, keep_layers, selection,
-                 budget, add_to, samples_path, no_eval, no_suites, max_new_tokens, quiet, no_cache) -> None:
+                 budget, catch, add_to, samples_path, no_eval, no_suites, max_new_tokens, quiet, no_cache) -> None:
     from .pipeline import CompileOptions, compile_recipe, save_result
     options = CompileOptions(recipe=recipe, model=model, layers=layers, strength=strength, seed=seed,
                              algorithm=algorithm, samples_path=samples_path, evaluate=not no_eval,
@@ -97,13 +100,13 @@ def _run_compile(recipe, model, out, layers, strength, seed, mode, algorithm, al
         from .strategies import DEFAULT_DRIFT_BUDGET
         names = tuple(a.strip() for a in algorithms.split(",") if a.strip()) if algorithms else None
         adaptive = AdaptiveOptions(algorithms=names, keep_layers=keep_layers, selection=selection,
-                                   budget=DEFAULT_DRIFT_BUDGET if budget is None else budget)
+                                   budget=DEFAULT_DRIFT_BUDGET if budget is None else budget, catch=catch)
         path, summary = run_adaptive(options, adaptive, out, add_to=add_to,
                                      log=lambda line: click.echo(line, err=True))
         click.echo(f"\nwrote {path}\n\n{summary}")
         return
-    if add_to is not None or algorithms or selection != "independent":
-        raise click.UsageError("--add-to, --algorithms and --selection belong to --mode adaptive")
+    if add_to is not None or algorithms or selection != "independent" or catch:
+        raise click.UsageError("--add-to, --algorithms, --selection and --catch belong to --mode adaptive")
     result = compile_recipe(options, log=lambda line: click.echo(line, err=True))
     path = save_result(result, out)
     click.echo(f"\nwrote {path} (layer {result.chosen_layer}, strength {result.strength:g})")

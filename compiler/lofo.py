@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,7 +33,8 @@ import torch
 from masteer.runtime import SteeringAdapter, check_compatible, host_layout
 from masteer.runtime.errors import MasteerError
 
-from .adaptive import Candidate, ProgramContext, applicability_targets, fit_anchor, fit_anchors, strategy_of
+from .adaptive import (CATCH, Candidate, ProgramContext, applicability_targets, fit_anchor, fit_anchors,
+                       fit_catch_anchor, strategy_of)
 from .anchors import DEFAULT_FPR_BUDGET
 from .algorithms import get_algorithm
 from .adaptive_compile import TRAIN_APPLICABILITY
@@ -113,6 +114,8 @@ def _program_spec(report: dict) -> tuple[list[dict], list[tuple[str, int]], dict
                            "adaptive compile's adapter folder")
     candidates = [(r["algorithm"], int(r["layer"])) for r in library
                   if r.get("kept") and not r.get("error") and r.get("kind") == "neuron"]
+    candidates += [(s["algorithm"], int(s["layer"])) for s in program if (s["algorithm"], int(s["layer"])) not in
+                   candidates]   # a catch strategy may sit at a layer the library did not keep
     return program, candidates, report.get("static_match") or {}
 
 
@@ -252,7 +255,7 @@ def _refit(loaded: LoadedModel, samples: SampleSet, seqs, acts, recipe, seed: in
                          train_ids=ids, val_scorer=None, val_ids=[], budget=float("inf"), withheld=withheld,
                          anchor_ids=[s.id for s in train if s.label == TARGET])
     by_name = {c.name: c for c in candidates}
-    missing = [s["name"] for s in spec if s["name"] not in by_name]
+    missing = [s["name"] for s in spec if s["name"].removesuffix(f"-{CATCH}") not in by_name]
     if missing:
         raise MasteerError(f"program strategies {missing} are not among the library's gateable candidates")
     # A specialised anchor is fitted from training applicability, which compares every candidate: only then is
@@ -262,6 +265,10 @@ def _refit(loaded: LoadedModel, samples: SampleSet, seqs, acts, recipe, seed: in
     base_sets = (ctx.sequences_of(set(ctx.anchor_ids), "train"), ctx.neutral_sequences("train"))
     strategies = []
     for s in spec:
+        if s.get("gate", {}).get("anchor") == CATCH:
+            c = replace(by_name[s["name"].removesuffix(f"-{CATCH}")], name=s["name"])
+            strategies.append(strategy_of(c, fit_catch_anchor(ctx, c.proposal.layer), float(s["strength"])))
+            continue
         c = by_name[s["name"]]
         kind = "specialised" if s.get("gate", {}).get("specialised") else "base"
         sets = fitted_on.get(c.name, {}).get(kind, base_sets)

@@ -65,13 +65,13 @@ def test_applicability_targets_cap_takes_every_group_evenly():
 
 
 # ------------------------------------------------------------------------------------ the compile
-def run(small_samples, selection="independent", seed=None):
+def run(small_samples, selection="independent", seed=None, catch=False):
     torch.set_num_threads(1)
     loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny-llama")
     options = CompileOptions(layers=(0, 1, 2), samples_path=str(small_samples), progress=False, evaluate=False,
                              seed=seed)
     # a random model drifts a lot per unit of steering: a loose budget keeps candidates in play
-    adaptive = AdaptiveOptions(algorithms=ALGORITHMS, keep_layers=1, budget=10.0, selection=selection)
+    adaptive = AdaptiveOptions(algorithms=ALGORITHMS, keep_layers=1, budget=10.0, selection=selection, catch=catch)
     return loaded, compile_program(options, adaptive, loaded=loaded, log=lambda _: None)
 
 
@@ -100,7 +100,8 @@ def test_a_behaviour_score_picks_the_start_strategy_and_its_anchor(small_samples
 
     def fake_score(recipe, loaded, val, options):
         def score(adapter):   # prefers pca, whatever the val log-odds say
-            scored.append(adapter.strategies[0].strategy)
+            if len({s.strategy for s in adapter.strategies}) == 1:   # the start's trials, not the catch step's
+                scored.append(adapter.strategies[0].strategy)
             return 1.0 if "pca" in adapter.strategies[0].strategy else 0.0
         return score
     monkeypatch.setattr(adaptive_compile, "behaviour_score", fake_score)
@@ -365,6 +366,59 @@ def test_an_addition_that_opens_the_program_on_too_many_neutral_prompts_is_refus
     assert len(result.program.strategies) == 1 and steps[0]["neutral_fpr"] == 0.02
     assert steps[1]["chosen"] is None and "val neutral prompts" in steps[1]["why"], steps[1]
     assert calls[0] == 1 and calls[1] == 2
+
+
+def _prefer_catch(monkeypatch, calls=None):
+    """A behaviour score that rewards a program carrying a catch strategy (a random model refuses nothing)."""
+    from masteer.compiler import adaptive_compile
+
+    def fake_score(recipe, loaded, val, options):
+        def score(adapter):
+            names = [s.strategy for s in adapter.strategies]
+            if calls is not None:
+                calls.append(names)
+            return float(any(n.endswith("-catch") for n in names))
+        return score
+    monkeypatch.setattr(adaptive_compile, "behaviour_score", fake_score)
+
+
+def test_a_catch_strategy_that_raises_the_behaviour_score_joins_the_program(small_samples, monkeypatch):
+    """Step 6: the first strategy's algorithm at every layer, each with an anchor fitted on the targets'
+    undesired completions; the best that raises the behaviour score is added."""
+    calls = []
+    _prefer_catch(monkeypatch, calls)
+    loaded, result = run(small_samples, catch=True)
+    first, catch = result.program.strategies[0], result.program.strategies[-1]
+    assert catch.name.endswith("-catch") and catch.algorithm == first.algorithm
+    assert catch.gate.stats["anchor"] == "catch"
+    tried = [names[-1] for names in calls if names[-1].endswith("-catch")]
+    assert sorted(tried) == sorted(f"refusal-{first.algorithm}-L{layer}-catch" for layer in (0, 1, 2))
+    step = result.search.steps[-1]
+    assert step["chosen"] == catch.name and step["behaviour"] == {"before": 0.0, "with": 1.0}
+    # fitted on the undesired completions of training targets: as many positive tokens as those completions have
+    samples = SampleSet.load(small_samples)
+    undesired = [s for s in samples.select(split="train", label="target") if s.negative]
+    n_tokens = sum(len(loaded.tokenizer(s.negative, add_special_tokens=False)["input_ids"]) for s in undesired)
+    assert 0 < catch.gate.stats["train_positive"] <= n_tokens + 2 * len(undesired)
+
+
+def test_the_catch_step_is_opt_in(small_samples, monkeypatch):
+    calls = []
+    _prefer_catch(monkeypatch, calls)
+    _, result = run(small_samples)
+    assert calls and not any(name.endswith("-catch") for names in calls for name in names)
+    assert not any(s.name.endswith("-catch") for s in result.program.strategies)
+
+
+def test_a_catch_strategy_that_opens_on_neutral_prompt_ends_is_refused(small_samples, monkeypatch):
+    from masteer.compiler import adaptive_compile
+    _prefer_catch(monkeypatch)
+    monkeypatch.setattr(adaptive_compile, "open_share", lambda last: 0.02 if len(last) == 1 else 0.20)
+    _, result = run(small_samples, catch=True)
+    assert not any(s.name.endswith("-catch") for s in result.program.strategies)
+    step = result.search.steps[-1]
+    assert step["chosen"] is None and "catch" in step["why"]
+    assert all(row["neutral_fpr"] == 0.2 and "behaviour" not in row for row in step["catch"].values())
 
 
 def test_prompt_openings_agree_with_the_gate_report(compiled):

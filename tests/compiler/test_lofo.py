@@ -111,3 +111,41 @@ def test_leave_one_family_out_names_what_is_wrong(shipped, tmp_path):
         leave_one_family_out(out, families=("sarcastic",), loaded=loaded, progress=False)
     with pytest.raises(MasteerError, match="samples.jsonl is missing: leave-one-family-out needs an adapter folder"):
         leave_one_family_out(tmp_path, families=("past",), loaded=loaded, progress=False)
+
+
+def test_a_catch_strategy_is_refitted_without_the_family(small_samples, tmp_path):
+    """A program that carries a catch strategy (anchor on the targets' undesired completions) at a layer the
+    library did not keep: leave-one-family-out refits its anchor without the family instead of failing."""
+    from masteer.compiler import adaptive_compile, lofo
+
+    def prefer_catch(recipe, loaded, val, options):
+        return lambda adapter: float(any(s.strategy.endswith("-catch") for s in adapter.strategies))
+    torch.set_num_threads(1)
+    loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny-llama")
+    options = CompileOptions(layers=(0, 1, 2), samples_path=str(small_samples), progress=False, evaluate=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(adaptive_compile, "behaviour_score", prefer_catch)
+        result = compile_program(options, AdaptiveOptions(algorithms=("mean_difference",), keep_layers=1, budget=10.0,
+                                                                 catch=True),
+                                 loaded=loaded, log=lambda _: None)
+    catch = result.program.strategies[-1]
+    assert catch.name.endswith("-catch")
+    out = save_program(result, None, tmp_path / "adapter")
+    samples = SampleSet.load(out / "samples.jsonl")
+    family = next(f for f in FAMILIES if any(s.family == f for s in samples.select(split="train")))
+    seen = []
+    real_refit = lofo._refit
+
+    def spy(*args, **kwargs):
+        fitted = real_refit(*args, **kwargs)
+        seen.append(fitted["program"])
+        return fitted
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lofo, "_refit", spy)
+        report = leave_one_family_out(out, families=(family,), loaded=loaded, progress=False, log=lambda _: None,
+                                      batch_size=8)
+    assert [r.family for r in report.rows] == [family]
+    refitted = seen[0].strategies[-1]
+    assert refitted.name == catch.name and refitted.layer == catch.layer
+    assert refitted.gate.stats["anchor"] == "catch"
+    assert refitted.gate.stats["train_positive"] < catch.gate.stats["train_positive"]   # the family's tokens left
