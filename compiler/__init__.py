@@ -1,0 +1,14 @@
+"""The compiler: an issue becomes a steering adapter, in stages whose data flows one way.
+
+1. ``samples``     recipe or issue text -> ``SampleSet`` (targets, neutrals, completions; train/val/test)
+2. ``capture``     fitting sequences -> ``Activations`` (one model pass, stored by content hash)
+3. ``strategies``  activations -> ``Proposal`` per algorithm and layer, calibrated (``StrategyRow``)
+4. ``program``     proposals -> anchors, applicability, program search -> ``Program`` (lowered to neurons)
+5. ``evaluation``  base / static / adaptive arms on held-out test prompts -> tables, suites, reports
+
+``common`` (datasets, judge, model loading) serves every stage and imports none. A stage imports only
+earlier stages and ``common`` (``tests/compiler/test_import_order.py`` checks it). The drivers on top run
+the stages: ``pipeline`` (single mode, the strategy survey), ``adaptive_compile`` (the default adaptive
+compile and ``--add-to``), ``lofo`` (leave one family out), ``measure_autotester``, ``serve`` and ``cli``.
+Lowering to other destinations (a baked checkpoint) is ``masteer.runtime``'s.
+"""

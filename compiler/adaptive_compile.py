@@ -35,19 +35,19 @@ from masteer.runtime import SteeringAdapter, check_compatible, host_layout
 from masteer.runtime.artifact import ABLATION, INDEPENDENT, SELECTIONS
 from masteer.runtime.errors import MasteerError
 
-from .algorithms import available
-from .adaptive import Candidate, ProgramContext, SearchRecord, applicability_targets, build_program
-from .applicability import score_adapter
-from .gate_report import gate_reports, open_share, prompt_openings
-from .models import LoadedModel, load_model
+from .strategies.algorithms import available
+from .program.search import Candidate, ProgramContext, SearchRecord, applicability_targets, build_program
+from .program.applicability import score_adapter
+from .evaluation.gate_report import gate_reports, open_share, prompt_openings
+from .common.models import LoadedModel, load_model
 from .pipeline import (CompileOptions, _prepare, anchor_negatives, capture_activations, fit_sequences, new_adapter,
                        val_rates)
-from .program import Program, lower
-from .recipes import Recipe
-from .prompt_decision import BASE_ROUTE
-from .samples import NEUTRAL, TARGET, Sample, SampleSet, as_written, prompt_key
-from .scoring import HeldOutScorer
-from .strategies import DEFAULT_DRIFT_BUDGET, StrategyRow, library_table, strategy_adapter
+from .program.steering_program import Program, lower
+from .samples.recipes import Recipe
+from .evaluation.prompt_decision import BASE_ROUTE
+from .samples.sample_set import NEUTRAL, TARGET, Sample, SampleSet, as_written, prompt_key
+from .strategies.scoring import HeldOutScorer
+from .strategies.library import DEFAULT_DRIFT_BUDGET, StrategyRow, library_table, strategy_adapter
 
 GATEABLE = "neuron"                      # proposals a gate can carry (directions added at the MLP output)
 # Library algorithms whose proposals are never gateable (weight orthogonalisation, norm-preserving rotation):
@@ -464,7 +464,7 @@ def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: Compi
     beside it), teacher-forced effect and KL, gate reports, the static frontier (``frontier``); then
     (``suites``) the evaluation suites with bootstrap intervals for base, static, adaptive."""
     from .evaluation import ResultCache, evaluate_compile, evaluate_refusal
-    from .prompt_decision import decided_per_prompt
+    from .evaluation.prompt_decision import decided_per_prompt
     recipe, samples = result.recipe, result.samples
     groups = {g: samples.select(split="test", group=g) for g in recipe.evaluation.groups}
     missing = [g for g, s in groups.items() if not s]
@@ -570,7 +570,7 @@ def summary_markdown(result: ProgramCompile, evaluation: ProgramEvaluation | Non
                      f"{result.static_match['chosen_val_target_refusal']:.2f} vs adaptive "
                      f"{result.static_match['adaptive_val_target_refusal']:.2f})")
     if evaluation is not None:
-        from .gate_report import GateReport, format_gate_reports
+        from .evaluation.gate_report import GateReport, format_gate_reports
         lines += ["", evaluation.refusal.markdown(), "", forced_markdown(evaluation.teacher_forced), "",
                   format_gate_reports([GateReport(**g) for g in evaluation.gates])]
         if evaluation.open_refusal:

@@ -16,7 +16,7 @@ import click
 
 from masteer.runtime.errors import MasteerError
 
-from .models import EMBEDDED_NAME
+from .common.models import EMBEDDED_NAME
 
 
 def _user_errors(func):
@@ -97,7 +97,7 @@ def _run_compile(recipe, model, out, layers, strength, seed, mode, algorithm, al
                              cache_activations=not no_cache)
     if mode == "adaptive":
         from .adaptive_compile import AdaptiveOptions, run_adaptive
-        from .strategies import DEFAULT_DRIFT_BUDGET
+        from .strategies.library import DEFAULT_DRIFT_BUDGET
         names = tuple(a.strip() for a in algorithms.split(",") if a.strip()) if algorithms else None
         adaptive = AdaptiveOptions(algorithms=names, keep_layers=keep_layers, selection=selection,
                                    budget=DEFAULT_DRIFT_BUDGET if budget is None else budget, catch=catch)
@@ -135,7 +135,7 @@ main.add_command(compile_command, name="compile")
 @_user_errors
 def recipes() -> None:
     """List the built-in recipes."""
-    from .recipes import builtin_recipes, load_recipe
+    from .samples.recipes import builtin_recipes, load_recipe
     for name in sorted(builtin_recipes()):
         click.echo(f"{name:16s} {load_recipe(name).issue}")
 
@@ -156,7 +156,8 @@ def recipes() -> None:
 def samples(recipe: str, out: Path, seed: int | None, backend: str, model: str | None, no_llm: bool, no_cache: bool,
             quiet: bool) -> None:
     """Build a sample set for RECIPE (a recipe name or TOML file, or an issue in words) and save it as JSONL."""
-    from .autotester.pipeline import build_sample_set, format_summary
+    from .samples.autotester.pipeline import format_summary
+    from .samples.builders import build_sample_set
     sample_set = build_sample_set(recipe, backend=backend, model=model, seed=seed, use_llm=not no_llm,
                                   cache=not no_cache, progress=not quiet)
     sample_set.save(out)
@@ -205,7 +206,7 @@ def strategies(recipe, model, layers, algorithms, budget, keep_layers, samples_p
     """Fit every algorithm at every candidate layer of RECIPE; print layer scores, strengths, effect and drift."""
     from masteer.runtime.atomic import atomic_write_text
     from .pipeline import CompileOptions, survey_strategies
-    from .strategies import DEFAULT_DRIFT_BUDGET
+    from .strategies.library import DEFAULT_DRIFT_BUDGET
     options = CompileOptions(recipe=recipe, model=model, layers=layers, seed=seed, samples_path=samples_path,
                              evaluate=False, progress=not quiet, cache_activations=not no_cache)
     names = [a.strip() for a in algorithms.split(",") if a.strip()] if algorithms else None
@@ -233,8 +234,8 @@ def inspect(adapter: Path, text: str, model: str, raw: bool, generate: int, thre
     """Show, token by token, which strategies of ADAPTER fire on TEXT and how strongly (0 silent, 1 full)."""
     from masteer.runtime import SteeringAdapter
     from masteer.runtime.atomic import atomic_write_text
-    from .inspection import inspect_text
-    from .models import load_model
+    from .evaluation.inspection import inspect_text
+    from .common.models import load_model
     steering = SteeringAdapter.load(adapter)
     loaded = load_model(model)
     result = inspect_text(loaded.model, loaded.tokenizer, steering, text, chat=not raw, generate=generate)
@@ -255,7 +256,7 @@ def bake(adapter: Path, model: str, out: Path, scale: float) -> None:
     """Merge ADAPTER into MODEL's weights: a checkpoint plain transformers loads without masteer."""
     from masteer.runtime import SteeringAdapter
     from masteer.runtime import bake as bake_checkpoint
-    from .models import load_model
+    from .common.models import load_model
     steering = SteeringAdapter.load(adapter)
     loaded = load_model(model)
     path = bake_checkpoint(loaded.model, steering, out, tokenizer=loaded.tokenizer, scale=scale)
@@ -276,7 +277,7 @@ def shift(adapter: Path, model: str, families: str | None, json_out, batch_size:
     ceiling (compiler/lofo.py). Needs the adapter folder of an adaptive compile."""
     from masteer.runtime.atomic import atomic_write_text
     from .lofo import leave_one_family_out
-    from .rewrites import FAMILIES
+    from .samples.rewrites import FAMILIES
     chosen = tuple(f.strip() for f in families.split(",") if f.strip()) if families else FAMILIES
 
     def save(report) -> None:   # after every family: a long run stopped early keeps what it measured

@@ -33,23 +33,23 @@ import torch
 from masteer.runtime import SteeringAdapter, check_compatible, host_layout
 from masteer.runtime.errors import MasteerError
 
-from .adaptive import (CATCH, Candidate, ProgramContext, applicability_targets, fit_anchor, fit_anchors,
-                       fit_catch_anchor, strategy_of)
-from .anchors import DEFAULT_FPR_BUDGET
-from .algorithms import get_algorithm
+from .program.search import (CATCH, Candidate, ProgramContext, applicability_targets, fit_anchor, fit_anchors,
+                             fit_catch_anchor, strategy_of)
+from .program.anchors import DEFAULT_FPR_BUDGET
+from .strategies.algorithms import get_algorithm
 from .adaptive_compile import TRAIN_APPLICABILITY
-from .builders import resolve_recipe
+from .samples.builders import resolve_recipe
 from .evaluation import ResultCache, evaluate_refusal
 from .evaluation.shift import shift_samples
-from .gate_report import OPEN, program_opening, prompt_openings
-from .models import EMBEDDED_NAME, LoadedModel, load_model
+from .evaluation.gate_report import OPEN, program_opening, prompt_openings
+from .common.models import EMBEDDED_NAME, LoadedModel, load_model
 from .pipeline import CompileOptions, anchor_negatives, capture_activations, fit_sequences, new_adapter
-from .program import Program, lower
-from .rewrites import FAMILIES
-from .samples import NEUTRAL, TARGET, Sample, SampleSet
-from .scoring import HeldOutScorer
-from .separability import auroc, capture_prompt_ends, fit_probe, probe_scores, read_prompt_ends
-from .strategies import strategy_adapter
+from .program.steering_program import Program, lower
+from .samples.rewrites import FAMILIES
+from .samples.sample_set import NEUTRAL, TARGET, SampleSet
+from .strategies.scoring import HeldOutScorer
+from .evaluation.separability import auroc, capture_prompt_ends, fit_probe, probe_scores, read_prompt_ends
+from .strategies.library import strategy_adapter
 
 ARMS = ("base", "static", "adaptive", "shipped")   # shipped: the compiled adapter, which saw the family
 

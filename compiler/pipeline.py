@@ -23,17 +23,17 @@ from masteer.runtime import SteeringAdapter, host_layout, model_fingerprint
 from masteer.runtime.errors import MasteerError
 from masteer.runtime.hosts import activation_name
 
-from .activation_store import ActivationStore
-from .activations import COMPLETION, PROMPT_TAIL, Activations, capture
-from .algorithms import FitInputs, Proposal, available, get_algorithm
-from .anchors import Gate, fit_gate
-from .builders import build_samples, resolve_recipe
+from .capture.activation_store import ActivationStore
+from .capture.activations import COMPLETION, PROMPT_TAIL, Activations, capture
+from .strategies.algorithms import FitInputs, Proposal, available, get_algorithm
+from .program.anchors import Gate, fit_gate
+from .samples.builders import build_samples, resolve_recipe
 from .evaluation import Evaluation, ResultCache, card_metrics, evaluate_compile, evaluate_refusal
-from .models import EMBEDDED_NAME, LoadedModel, load_model
-from .neutral_answers import ANCHOR_ONLY, decoy_completions, extra_neutral_items, neutral_answers
-from .recipes import Recipe
-from .samples import NEUTRAL, TARGET, Sample, SampleSet
-from .strategies import DEFAULT_DRIFT_BUDGET, MIN_EFFECT, StrategyRow, as_dicts, format_table, library_table
+from .common.models import EMBEDDED_NAME, LoadedModel, load_model
+from .capture.neutral_answers import ANCHOR_ONLY, decoy_completions, extra_neutral_items, neutral_answers
+from .samples.recipes import Recipe
+from .samples.sample_set import NEUTRAL, TARGET, Sample, SampleSet
+from .strategies.library import DEFAULT_DRIFT_BUDGET, MIN_EFFECT, StrategyRow, as_dicts, format_table, library_table
 
 REPORT_NAME = "compile_report.json"
 SAMPLES_NAME = "samples.jsonl"

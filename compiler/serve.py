@@ -28,9 +28,9 @@ import torch
 
 from masteer.runtime import SteeredModel
 
-from .backends.base import BackendError, check_messages
-from .backends.local import encode_messages
-from .models import LoadedModel, load_model
+from .samples.backends.base import BackendError, check_messages
+from .samples.backends.local import encode_messages
+from .common.models import LoadedModel, load_model
 
 DEFAULT_MAX_TOKENS = 128
 MAX_BODY_BYTES = 1 << 20

@@ -4,11 +4,12 @@ Needs torch, safetensors and transformers only; it never imports ``masteer.compi
 consumer of a compiled adapter installs nothing else.
 """
 
-__version__ = "0.1.0"
 
+from .version import __version__  # noqa: F401
 from .artifact import ABLATION, ADDITIVE, NEURON, ROTATION, SteeringAdapter, StrategySpec
 from .attach import SteeredModel, attach, check_compatible
-from .bake import bake, merge_into_model, save_baked
+from .bake import merge_into_model, save_baked
+from .checkpoint import bake
 from .errors import (AdapterFormatError, FingerprintMismatch, HostNotSupported, LoweringError,
                      MasteerError)
 from .fingerprint import Fingerprint, model_fingerprint

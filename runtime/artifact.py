@@ -57,6 +57,9 @@ from .atomic import atomic_directory
 from .errors import AdapterFormatError
 from .fingerprint import Fingerprint
 from .hosts import GATED, PLAIN
+from .kinds import ABLATION, ADDITIVE, GLOBAL_KINDS, KINDS, LAYER_KINDS, NEURON, ROTATION  # noqa: F401
+from .modelcard import adapter_card
+from .version import __version__
 
 FORMAT_NAME = "masteer-adapter"
 FORMAT_VERSION = 3  # the newest version this runtime reads, and the one it writes
@@ -64,13 +67,6 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 CARD_NAME = "README.md"
 
-NEURON = "neuron"      # a gated steering neuron: fires where its anchor says, bakes by concatenation
-ADDITIVE = "additive"  # an always-on vector added to the MLP output (static steering)
-ROTATION = "rotation"  # angle-preserving steering at a decoder layer's output (adapter only)
-ABLATION = "ablation"  # directional ablation on every residual write (adapter-wide; bakes by orthogonalisation)
-LAYER_KINDS = (NEURON, ADDITIVE, ROTATION)  # live under a layer in the config
-GLOBAL_KINDS = (ABLATION,)                  # live in the config's "global" list, layer None
-KINDS = LAYER_KINDS + GLOBAL_KINDS
 ABLATION_TENSOR = "ablation.direction"
 UNIT_TOL = 1e-4  # how far a stored direction may be from unit length (or orthogonality), float32 rounding
 INDEPENDENT = "independent"  # every gate decides on its own (bakeable)
@@ -281,7 +277,6 @@ class SteeringAdapter:
 
     # ----------------------------------------------------------------- config
     def config_dict(self) -> dict:
-        from . import __version__
         layers: dict[str, list] = {}
         for spec in sorted((s for s in self.strategies if s.layer is not None), key=lambda s: s.layer):
             layers.setdefault(str(spec.layer), []).append(spec.to_dict())
@@ -395,7 +390,6 @@ class SteeringAdapter:
         ``extra_files`` (name -> text) go into the same folder in the same rename, so a compile's
         samples and report can never disagree with the adapter beside them.
         """
-        from .modelcard import adapter_card
         self.validate()
         path = Path(path)
         with atomic_directory(path) as tmp:

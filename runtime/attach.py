@@ -29,6 +29,7 @@ from torch import nn
 
 from .ablation import Ablation, ablation_sites, check_ablation_host
 from .artifact import ADDITIVE, NEURON, ROTATION, SteeringAdapter
+from .bake import check_lowerable, merge_into_model
 from .errors import FingerprintMismatch, HostNotSupported
 from .fingerprint import model_fingerprint
 from .hosts import decoder_layers, host_layout, mlp_activation, mlp_module, num_layers
@@ -232,7 +233,6 @@ class SteeredModel(nn.Module):
 
         Raises LoweringError (and stays attached) when a strategy has no exact lowering, e.g. a rotation.
         """
-        from .bake import check_lowerable, merge_into_model
         scales = {c.scale for c in self._controls()}
         if len(scales) > 1:
             raise ValueError("strategies have different scales; set one scale before merging")

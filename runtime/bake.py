@@ -31,6 +31,7 @@ from .artifact import ADDITIVE, EXCLUSIVE, NEURON, ROTATION, SteeringAdapter
 from .atomic import atomic_directory
 from .errors import LoweringError
 from .hosts import GATED, HostLayout, decoder_layers, host_layout, intermediate_size, mlp_module
+from .modelcard import baked_card
 
 
 def check_lowerable(model: nn.Module, adapter: SteeringAdapter) -> None:
@@ -158,7 +159,7 @@ def merge_into_model(model: nn.Module, adapter: SteeringAdapter, scale: float = 
 def save_baked(model: nn.Module, path: str | os.PathLike, tokenizer=None, adapter: SteeringAdapter | None = None,
                card: str | None = None) -> Path:
     """Write a merged model as an ordinary transformers checkpoint folder, atomically."""
-    from .modelcard import baked_card
+
     path = Path(path)
     with atomic_directory(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -168,17 +169,3 @@ def save_baked(model: nn.Module, path: str | os.PathLike, tokenizer=None, adapte
             (tmp / "masteer_program.json").write_text(json.dumps(adapter.config_dict(), indent=2) + "\n")
         (tmp / "README.md").write_text(card if card is not None else baked_card(model, adapter))
     return path
-
-
-def bake(model: nn.Module, adapter: SteeringAdapter | str | os.PathLike, path: str | os.PathLike,
-         tokenizer=None, scale: float = 1.0, check_fingerprint: bool = True) -> Path:
-    """Attach, merge and save in one call; ``model`` is modified in place."""
-    from .attach import attach
-    steered = attach(model, adapter, check_fingerprint=check_fingerprint)
-    steered.set_scale(scale)
-    try:
-        merged = steered.merge_and_unload()
-    except BaseException:
-        steered.detach()  # a refused bake leaves the caller's model as it was: no hooks
-        raise
-    return save_baked(merged, path, tokenizer=tokenizer, adapter=steered.adapter)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+from typing import TYPE_CHECKING
 
-from .artifact import ABLATION, ADDITIVE, KINDS, NEURON, ROTATION, SteeringAdapter
+from .kinds import ABLATION, ADDITIVE, KINDS, NEURON, ROTATION
+
+if TYPE_CHECKING:   # the artifact writes cards, so the card module must not import it at run time
+    from .artifact import SteeringAdapter
 
 
 def _front_matter(fields: dict) -> str:

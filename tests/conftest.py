@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from masteer.compiler.activation_store import ROOT_ENV
+from masteer.compiler.capture.activation_store import ROOT_ENV
 
 
 @pytest.fixture(autouse=True, scope="session")

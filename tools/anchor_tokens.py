@@ -4,7 +4,7 @@ The shipped anchors open on the prompt tail and the *desired* completion of targ
 set ``desired``). Per token, that steers less than DESIGN.md's per-prompt decision does (README: 87.5%
 against 97.5% harmful refusal on test). This script refits one strategy's anchor on other token sets
 and measures, on the val split only, the per-token adapter beside the same strategy decided once per
-prompt (``compiler/prompt_decision.py``), with the gate report:
+prompt (``compiler/evaluation/prompt_decision.py``), with the gate report:
 
 - ``desired``: prompt tail + desired completions (what the compiler ships);
 - ``both``: prompt tail + desired and undesired completions (open wherever a target is being answered);
@@ -22,18 +22,17 @@ import argparse
 
 import torch
 
-from masteer.compiler.activations import COMPLETION, PROMPT_TAIL
-from masteer.compiler.algorithms import get_algorithm
-from masteer.compiler.anchors import fit_gate
-from masteer.compiler.builders import build_samples, resolve_recipe
+from masteer.compiler.capture.activations import COMPLETION, PROMPT_TAIL
+from masteer.compiler.strategies.algorithms import get_algorithm
+from masteer.compiler.program.anchors import fit_gate
+from masteer.compiler.samples.builders import build_samples, resolve_recipe
 from masteer.compiler.evaluation import ResultCache, evaluate_refusal
-from masteer.compiler.gate_report import format_gate_reports, gate_reports
-from masteer.compiler.models import load_model
-from masteer.compiler.pipeline import (CompileOptions, anchor_negatives, capture_activations, fit_sequences,
-                                       new_adapter)
-from masteer.compiler.program import Program, ProgramStrategy, lower
-from masteer.compiler.prompt_decision import decided_per_prompt
-from masteer.compiler.samples import NEUTRAL, TARGET
+from masteer.compiler.evaluation.gate_report import format_gate_reports, gate_reports
+from masteer.compiler.common.models import load_model
+from masteer.compiler.pipeline import CompileOptions, anchor_negatives, capture_activations, fit_sequences, new_adapter
+from masteer.compiler.program.steering_program import Program, ProgramStrategy, lower
+from masteer.compiler.evaluation.prompt_decision import decided_per_prompt
+from masteer.compiler.samples.sample_set import NEUTRAL, TARGET
 from masteer.runtime import host_layout
 
 FIRE_ROLES = {"desired": ("positive",), "both": ("positive", "negative"), "undesired": ("negative",)}

@@ -25,13 +25,13 @@ import time
 
 import torch
 
-from masteer.compiler.activation_store import ActivationStore
-from masteer.compiler.algorithms import available
-from masteer.compiler.builders import build_samples
-from masteer.compiler.models import load_model
+from masteer.compiler.capture.activation_store import ActivationStore
+from masteer.compiler.strategies.algorithms import available
+from masteer.compiler.samples.builders import build_samples
+from masteer.compiler.common.models import load_model
 from masteer.compiler.pipeline import fit_sequences
-from masteer.compiler.recipes import load_recipe
-from masteer.compiler.strategies import layer_scores, propose_all
+from masteer.compiler.samples.recipes import load_recipe
+from masteer.compiler.strategies.library import layer_scores, propose_all
 
 
 def fit_and_score(inputs, val_pairs, layers, algorithms) -> tuple[float, int]:

@@ -28,16 +28,16 @@ import argparse
 
 import torch
 
-from masteer.compiler.activations import COMPLETION, PROMPT_TAIL
-from masteer.compiler.adaptive import Candidate, strategy_of
-from masteer.compiler.algorithms import get_algorithm
-from masteer.compiler.anchors import fit_gate
+from masteer.compiler.capture.activations import COMPLETION, PROMPT_TAIL
+from masteer.compiler.program.search import Candidate, strategy_of
+from masteer.compiler.strategies.algorithms import get_algorithm
+from masteer.compiler.program.anchors import fit_gate
 from masteer.compiler.evaluation import evaluate_refusal
 from masteer.compiler.evaluation.fluency import fluency
-from masteer.compiler.gate_report import OPEN, program_opening, prompt_openings
+from masteer.compiler.evaluation.gate_report import OPEN, program_opening, prompt_openings
 from masteer.compiler.pipeline import (CompileOptions, _prepare, anchor_negatives, capture_activations, fit_sequences,
                                        new_adapter)
-from masteer.compiler.program import Program, lower
+from masteer.compiler.program.steering_program import Program, lower
 from masteer.runtime import host_layout
 
 

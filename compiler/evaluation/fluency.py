@@ -15,7 +15,7 @@ import math
 from statistics import median
 from typing import Sequence
 
-from ..scoring import completion_logprobs
+from ..strategies.scoring import completion_logprobs
 
 FLUENCY_TOKENS = 24   # as long as the refusal table's answers
 

@@ -25,17 +25,17 @@ from tqdm.auto import tqdm
 from masteer.runtime import SteeredModel, SteeringAdapter, model_fingerprint
 from masteer.runtime.errors import MasteerError
 
-from ..judge import JudgeValidation, RefusalJudge, is_refusal, validate_judge
-from ..samples import SampleSet
-from ..scoring import next_token_logprobs
+from ..common.judge import JudgeValidation, RefusalJudge, is_refusal, validate_judge
+from ..samples.sample_set import SampleSet
+from ..strategies.scoring import next_token_logprobs
 from .bootstrap import AUC, EXP_MEAN, MEAN, N_BOOT, ItemValues, bootstrap, paired_difference
-from .cache import ResultCache, arm_key, cache_key, model_key
-from .generations import cached_generate, generation_settings
+from ..capture.cache import ResultCache, arm_key, cache_key, model_key
+from ..capture.generations import cached_generate, generation_settings
 from .likelihood import completion_nll, kl_sums, option_logprobs
 from .overlap import check_overlap
 from .report import ArmResult, EvalReport, SuiteResult
-from .suites import (CHOICE, GENERATION_KINDS, KL, PERPLEXITY, PERPLEXITY_TOKENS, REFERENCE, REFUSAL, TEXT_AUC,
-                     Suite, load_suites)
+from .suites import (CHOICE, GENERATION_KINDS, KL, PERPLEXITY, PERPLEXITY_TOKENS, REFERENCE, REFUSAL, TEXT_AUC, Suite,
+                     load_suites)
 
 BASE = "base"
 EXAMPLES = 3

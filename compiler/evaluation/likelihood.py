@@ -1,6 +1,6 @@
 """Teacher-forced measures: option likelihoods, perplexity, next-token KL from the base model.
 
-Everything here reuses :mod:`masteer.compiler.scoring` (chat-formatted prompts, left padding,
+Everything here reuses :mod:`masteer.compiler.strategies.scoring` (chat-formatted prompts, left padding,
 position ids that ignore padding), so a suite scores text exactly the way calibration does.
 
 - **Options by likelihood**: an option's score is the mean log-probability of its tokens as the
@@ -13,7 +13,7 @@ position ids that ignore padding), so a suite scores text exactly the way calibr
   given its prompt, the first ``max_tokens`` tokens of each.
 - **KL**: per prompt, the sum over its positions of KL(base || arm) of the next-token
   distributions; the suite's statistic divides by the number of positions (the same mean as
-  :func:`masteer.compiler.scoring.mean_kl`).
+  :func:`masteer.compiler.strategies.scoring.mean_kl`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from typing import Sequence
 
 import torch
 
-from ..activations import encode_completion, encode_prompt, left_pad, position_ids
-from ..scoring import completion_logprobs, mean_kl
+from ..capture.activations import encode_completion, encode_prompt, position_ids
+from ..common.batching import left_pad
+from ..strategies.scoring import completion_logprobs, mean_kl
 
 OPTION_TOKENS = 32   # an option longer than this is scored on its first 32 tokens
 
@@ -108,7 +109,7 @@ def completion_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], max_token
 def kl_sums(base: Sequence[torch.Tensor], steered: Sequence[torch.Tensor]) -> list[tuple[float, int]]:
     """Per prompt: (sum over positions of KL(base || steered), number of positions).
 
-    The inputs are :func:`~masteer.compiler.scoring.next_token_logprobs` outputs for the same
+    The inputs are :func:`~masteer.compiler.strategies.scoring.next_token_logprobs` outputs for the same
     prompts, the first taken with the steering off.
     """
     return [(mean_kl([p], [q]) * p.shape[0], int(p.shape[0])) for p, q in zip(base, steered)]

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from masteer.runtime.errors import MasteerError
 
-from ..samples import SampleSet
+from ..samples.sample_set import SampleSet
 from .suites import CHOICE, PERPLEXITY, TEXT_OPTION_KINDS, Suite, content_hash
 
 COMPILE_SPLITS = ("train", "val")   # the splits a compile fits and selects on; "test" is held out

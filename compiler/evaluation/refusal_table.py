@@ -18,10 +18,10 @@ from typing import Mapping, Sequence
 from masteer.runtime import SteeredModel, SteeringAdapter
 from masteer.runtime.errors import MasteerError
 
-from ..judge import is_refusal
-from ..samples import Sample
-from .cache import ResultCache, arm_key, model_key
-from .generations import cached_generate
+from ..common.judge import is_refusal
+from ..samples.sample_set import Sample
+from ..capture.cache import ResultCache, arm_key, model_key
+from ..capture.generations import cached_generate
 
 
 @dataclass
@@ -213,7 +213,7 @@ def evaluate_refusal(model, tokenizer, arms: Mapping[str, SteeringAdapter | Rout
                                    rates={arm: sum(map(is_refusal, c)) / n for arm, c in chunks.items()},
                                    examples={arm: c[:examples] for arm, c in chunks.items()}))
         start += n
-    settings = {"decoding": "greedy", "max_new_tokens": max_new_tokens, "judge": "masteer.compiler.judge.is_refusal",
+    settings = {"decoding": "greedy", "max_new_tokens": max_new_tokens, "judge": "masteer.compiler.common.judge.is_refusal",
                 "chat_template": bool(getattr(tokenizer, "chat_template", None))}
     verdicts = {arm: {p: is_refusal(r) for p, r in zip(prompts, responses[arm])} for arm in arms}
     return Evaluation(arms=list(arms), groups=results, settings=settings, verdicts=verdicts,

@@ -23,7 +23,7 @@ from pathlib import Path
 from masteer.runtime.atomic import atomic_write_text
 from masteer.runtime.errors import MasteerError
 
-from ..judge import JudgeValidation
+from ..common.judge import JudgeValidation
 from .bootstrap import Estimate, ItemValues
 
 REPORT_JSON, REPORT_MD = "eval_report.json", "eval_report.md"
@@ -244,14 +244,3 @@ def _fmt(e: Estimate, suite: dict, signed: bool = False) -> str:
     sign = "+" if signed else ""
     value = format(e.value * scale, sign + spec)
     return f"{value}{unit} [{format(e.low * scale, spec)}, {format(e.high * scale, spec)}]"
-
-
-def write_report(report: EvalReport, out: str | os.PathLike, plots: bool = True) -> dict[str, Path]:
-    """``eval_report.json``, ``eval_report.md`` and the PNG plots into ``out``, each file atomically."""
-    out = Path(out)
-    paths = {"json": report.save_json(out / REPORT_JSON),
-             "markdown": atomic_write_text(out / REPORT_MD, "# masteer evaluation\n\n" + report.markdown() + "\n")}
-    if plots:
-        from .plots import save_plots
-        paths.update(save_plots(report, out))
-    return paths

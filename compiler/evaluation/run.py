@@ -19,12 +19,13 @@ from masteer.runtime import SteeringAdapter
 from masteer.runtime.artifact import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 from masteer.runtime.errors import MasteerError
 
-from ..models import EMBEDDED_NAME, load_model
-from ..samples import SampleSet
-from .cache import CACHE_NAME, ResultCache
+from ..common.models import EMBEDDED_NAME, load_model
+from ..samples.sample_set import SampleSet
+from ..capture.cache import CACHE_NAME, ResultCache
 from .harness import Arm, evaluate
 from .overlap import check_overlap
-from .report import EvalReport, write_report
+from .report import EvalReport
+from .report_files import write_report
 from .suites import (GROUP_SUITES, REFUSAL, SHIFT_SUITES, SUITES, compile_shift_suite, compile_suites, load_suites,
                      resolve_names)
 
@@ -89,7 +90,7 @@ def _recipe_groups(adapter: SteeringAdapter) -> dict[str, str] | None:
     name = (adapter.provenance or {}).get("recipe")
     if not name:
         return None
-    from ..recipes import load_recipe
+    from ..samples.recipes import load_recipe
     try:
         return dict(load_recipe(name).evaluation.groups)
     except MasteerError:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from ..rewrites import ALL_FAMILIES, DIRECT, rewrite
-from ..samples import Sample, SampleSet, prompt_key
+from ..samples.rewrites import ALL_FAMILIES, DIRECT, rewrite
+from ..samples.sample_set import Sample, SampleSet, prompt_key
 
 SHIFT_SEED = 20261202   # fixed: the suite is the same for every compile of a sample set
 

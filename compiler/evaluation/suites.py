@@ -22,10 +22,10 @@ from typing import Callable, Mapping, Sequence
 
 from masteer.runtime.errors import MasteerError
 
-from .. import datasets
-from ..harm_categories import categorise
-from ..rewrites import ALL_FAMILIES, rewrite
-from ..samples import NEUTRAL, TARGET, SampleSet
+from ..common import datasets
+from ..samples.harm_categories import categorise
+from ..samples.rewrites import ALL_FAMILIES, rewrite
+from ..samples.sample_set import NEUTRAL, TARGET, SampleSet
 
 # kinds: how an arm is run on a suite
 REFUSAL = "refusal"        # generate, judge: refusal rate

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from masteer.compiler.builders import build_samples
-from masteer.compiler.recipes import load_recipe
-from masteer.compiler.samples import SampleSet
+from masteer.compiler.samples.builders import build_samples
+from masteer.compiler.samples.recipes import load_recipe
+from masteer.compiler.samples.sample_set import SampleSet
 
 SMALL_PER_GROUP = 6  # items per (split, group) in the small refusal sample set
 

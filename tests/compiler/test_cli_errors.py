@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import masteer.compiler.models as models
+import masteer.compiler.common.models as models
 import masteer.compiler.pipeline as pipeline
 from masteer.compiler import cli
-from masteer.compiler.recipes import builtin_recipes, load_recipe
-from masteer.compiler.samples import NEUTRAL, SPLITS, TARGET, Sample, SampleSet
+from masteer.compiler.samples.recipes import builtin_recipes, load_recipe
+from masteer.compiler.samples.sample_set import NEUTRAL, SPLITS, TARGET, Sample, SampleSet
 
 
 class ModelLoadAttempted(AssertionError):
@@ -316,7 +316,7 @@ def test_samples_out_under_a_file_is_one_line(tmp_path):
 def test_recipes_with_a_broken_builtin_is_one_line(tmp_path, monkeypatch):
     broken = tmp_path / "broken.toml"
     broken.write_text("name = 1\n")
-    monkeypatch.setattr("masteer.compiler.recipes.builtin_recipes", lambda: {"broken": broken})
+    monkeypatch.setattr("masteer.compiler.samples.recipes.builtin_recipes", lambda: {"broken": broken})
     line = _one_line_error(_invoke(cli.main, ["recipes"]))
     assert str(broken) in line
 

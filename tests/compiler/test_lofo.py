@@ -12,11 +12,11 @@ from tiny_models import byte_tokenizer, tiny_chat_model
 
 from masteer.compiler.adaptive_compile import AdaptiveOptions, compile_program, save_program
 from masteer.compiler.lofo import anchor_scores, leave_one_family_out
-from masteer.compiler.models import LoadedModel
+from masteer.compiler.common.models import LoadedModel
 from masteer.compiler.pipeline import CompileOptions, fit_sequences
-from masteer.compiler.rewrites import FAMILIES
-from masteer.compiler.samples import SampleSet
-from masteer.compiler.separability import auroc, capture_prompt_ends, fit_probe, layer_aurocs, probe_scores
+from masteer.compiler.samples.rewrites import FAMILIES
+from masteer.compiler.samples.sample_set import SampleSet
+from masteer.compiler.evaluation.separability import auroc, capture_prompt_ends, fit_probe, layer_aurocs, probe_scores
 from masteer.runtime import SteeringAdapter
 from masteer.runtime.errors import MasteerError
 

@@ -20,20 +20,17 @@ plus ``scikit-learn``); without them these tests skip.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tiny_models import LAYERS, byte_tokenizer, tiny_chat_model  # noqa: E402
 
-from masteer.compiler.activations import capture, encode_completion, encode_prompt  # noqa: E402
-from masteer.compiler.algorithms import FitInputs, get_algorithm  # noqa: E402
-from masteer.compiler.algorithms.lda import ledoit_wolf_shrinkage  # noqa: E402
+from masteer.compiler.capture.activations import capture, encode_completion, encode_prompt  # noqa: E402
+from masteer.compiler.strategies.algorithms import FitInputs, get_algorithm  # noqa: E402
+from masteer.compiler.strategies.algorithms.lda import ledoit_wolf_shrinkage  # noqa: E402
 
 steering_vectors = pytest.importorskip("steering_vectors", reason="steering-vectors==0.12.2 is a test-only peer: "
                                        "pip install --no-deps steering-vectors==0.12.2 scikit-learn")

@@ -7,20 +7,17 @@ check the mechanics every compile relies on, in seconds.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tiny_models import byte_tokenizer, tiny_chat_model  # noqa: E402
 
-from masteer.compiler.models import LoadedModel  # noqa: E402
-from masteer.compiler.pipeline import (REPORT_NAME, SAMPLES_NAME, CompileOptions, check_disjoint,  # noqa: E402
-                                       compile_recipe, save_result)
-from masteer.compiler.samples import SampleSet  # noqa: E402
+from masteer.compiler.common.models import LoadedModel  # noqa: E402
+from masteer.compiler.pipeline import (REPORT_NAME, SAMPLES_NAME, CompileOptions, check_disjoint, compile_recipe,
+                                       save_result)
+from masteer.compiler.samples.sample_set import SampleSet  # noqa: E402
 from masteer.runtime import SteeredModel, SteeringAdapter, bake  # noqa: E402
 from masteer.runtime.errors import MasteerError  # noqa: E402
 

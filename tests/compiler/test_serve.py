@@ -7,19 +7,16 @@ goes through a real socket with urllib, as any OpenAI client would send it.
 from __future__ import annotations
 
 import json
-import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tiny_models import byte_tokenizer, random_adapter, tiny_chat_model  # noqa: E402
 
-from masteer.compiler.models import LoadedModel  # noqa: E402
+from masteer.compiler.common.models import LoadedModel  # noqa: E402
 from masteer.compiler.serve import ChatEngine, background_server, base_url  # noqa: E402
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}]

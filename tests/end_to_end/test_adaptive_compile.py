@@ -23,8 +23,8 @@ from masteer.compiler import adaptive_compile
 from masteer.compiler.adaptive_compile import (ADAPTIVE_ARM, BASE_ARM, PER_PROMPT_ARM, SINGLE_ARM, STATIC_ARM,
                                                AdaptiveOptions, compile_program, evaluate_program, save_program,
                                                summary_markdown)
-from masteer.compiler.gate_report import PROGRAM
-from masteer.compiler.models import load_model
+from masteer.compiler.evaluation.gate_report import PROGRAM
+from masteer.compiler.common.models import load_model
 from masteer.compiler.pipeline import CompileOptions
 
 pytestmark = pytest.mark.embedded
@@ -151,7 +151,8 @@ def test_anchors_separate_targets_from_neutral_prompts_at_the_last_prompt_token(
 def test_multi_strategy_adapter_bakes_to_the_same_logits(compiled, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from masteer.compiler.activations import encode_prompt, left_pad, position_ids
+    from masteer.compiler.capture.activations import encode_prompt, position_ids
+    from masteer.compiler.common.batching import left_pad
     from masteer.runtime import SteeredModel, bake
     loaded, result, _, _, _ = compiled
     prompts = [s.prompt for s in result.samples.select(split="test")[:6]]

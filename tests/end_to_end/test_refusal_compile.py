@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from masteer.compiler import pipeline
-from masteer.compiler.models import load_model
+from masteer.compiler.common.models import load_model
 from masteer.compiler.pipeline import CompileOptions, compile_recipe, save_result
-from masteer.compiler.samples import NEUTRAL, TARGET
+from masteer.compiler.samples.sample_set import NEUTRAL, TARGET
 
 pytestmark = pytest.mark.embedded
 
@@ -99,7 +99,8 @@ def test_layer_was_chosen_on_val_by_separation(compiled):
 def test_baked_checkpoint_gives_the_adapters_logits(compiled, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from masteer.compiler.activations import encode_prompt, left_pad, position_ids
+    from masteer.compiler.capture.activations import encode_prompt, position_ids
+    from masteer.compiler.common.batching import left_pad
     from masteer.runtime import SteeredModel, SteeringAdapter, bake
     loaded, result, out, _ = compiled
     adapter = SteeringAdapter.load(out)

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+import torch
 
-# tests/ has no __init__.py (pytest's default "prepend" import mode), so make tests/tiny_models.py importable.
-TESTS_DIR = str(Path(__file__).resolve().parents[1])
-if TESTS_DIR not in sys.path:
-    sys.path.insert(0, TESTS_DIR)
-
-import torch  # noqa: E402
-
-from tiny_models import MODEL_KINDS  # noqa: E402
+from tiny_models import MODEL_KINDS   # tests/ is on the path through pytest's ``pythonpath``
 
 # Tiny models gain nothing from intra-op threads, and on a busy machine thread hand-offs cost more
 # than the matmuls themselves (a 6-token greedy generate went from ~2 s to ~0.03 s with one thread).

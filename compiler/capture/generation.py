@@ -1,0 +1,29 @@
+"""Batched greedy generation with left padding: the one way every stage generates text."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .activations import encode_prompt
+from ..common.batching import left_pad
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24, batch_size: int = 32,
+             progress: bool = True, desc: str = "generating") -> list[str]:
+    """Greedy completions, in prompt order; ``model`` may be a base model or a SteeredModel."""
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
+    outputs: list[str] = [""] * len(prompts)
+    device = next(model.parameters()).device
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+        batch = order[start:start + batch_size]
+        ids, mask = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        for row, i in enumerate(batch):
+            outputs[i] = tokenizer.decode(out[row, ids.shape[1]:], skip_special_tokens=True)
+    return outputs

@@ -1,0 +1,28 @@
+"""One call from an adapter to a checkpoint folder: attach, merge, save.
+
+Above both ``attach`` (which merges through ``bake``) and ``bake`` (the exact lowering), so neither imports
+the other's caller."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch import nn
+
+from .artifact import SteeringAdapter
+from .attach import attach
+from .bake import save_baked
+
+
+def bake(model: nn.Module, adapter: SteeringAdapter | str | os.PathLike, path: str | os.PathLike,
+         tokenizer=None, scale: float = 1.0, check_fingerprint: bool = True) -> Path:
+    """Attach, merge and save in one call; ``model`` is modified in place."""
+    steered = attach(model, adapter, check_fingerprint=check_fingerprint)
+    steered.set_scale(scale)
+    try:
+        merged = steered.merge_and_unload()
+    except BaseException:
+        steered.detach()  # a refused bake leaves the caller's model as it was: no hooks
+        raise
+    return save_baked(merged, path, tokenizer=tokenizer, adapter=steered.adapter)

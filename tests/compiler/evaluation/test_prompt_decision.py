@@ -1,0 +1,133 @@
+"""The per-prompt arm: the program decided once per prompt, measured beside the per-token gates.
+
+On a tiny random model: routes follow the anchors' openings at the last prompt token, a routed arm
+answers each prompt exactly as its routed adapter alone would, and bad routes are named.
+"""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+
+from tiny_models import byte_tokenizer, tiny_chat_model  # noqa: E402
+
+from masteer.compiler.capture.activations import encode_prompt  # noqa: E402
+from masteer.compiler.adaptive_compile import AdaptiveOptions, compile_program  # noqa: E402
+from masteer.compiler.evaluation import evaluate_refusal  # noqa: E402
+from masteer.compiler.evaluation.refusal_table import Routed  # noqa: E402
+from masteer.compiler.evaluation.gate_report import OPEN  # noqa: E402
+from masteer.compiler.common.models import LoadedModel  # noqa: E402
+from masteer.compiler.pipeline import CompileOptions  # noqa: E402
+from masteer.compiler.evaluation.prompt_decision import BASE_ROUTE, always_on, decided_per_prompt  # noqa: E402
+from masteer.compiler.samples.sample_set import Sample  # noqa: E402
+from masteer.runtime import SteeredModel  # noqa: E402
+from masteer.runtime.artifact import ADDITIVE  # noqa: E402
+from masteer.runtime.errors import MasteerError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def compiled(small_samples):
+    torch.set_num_threads(1)
+    loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny-llama")
+    options = CompileOptions(layers=(0, 1, 2), samples_path=str(small_samples), progress=False, evaluate=False)
+    adaptive = AdaptiveOptions(algorithms=("mean_difference", "pca", "lda"), keep_layers=1, budget=10.0)
+    return loaded, compile_program(options, adaptive, loaded=loaded, log=lambda _: None)
+
+
+def _prompts(result) -> list[str]:
+    return [s.prompt for s in result.samples.samples]
+
+
+def test_each_prompt_is_routed_to_the_strategies_open_at_its_last_token(compiled):
+    loaded, result = compiled
+    prompts = _prompts(result)
+    arm = decided_per_prompt(loaded.model, loaded.tokenizer, result.program, result.adapter, prompts, batch_size=7)
+    steered = SteeredModel(loaded.model, result.adapter)
+    try:
+        for prompt in prompts:   # one prompt at a time, unpadded: the batched decision must agree
+            ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt)])
+            openings = steered.openings(input_ids=ids)
+            opened = [name for name in result.program.names if float(openings[name][0, -1]) >= OPEN]
+            assert arm.route[prompt] == (" + ".join(opened) if opened else BASE_ROUTE)
+    finally:
+        steered.detach()
+    routes = set(arm.route.values())
+    # a random model's anchors open on some prompts and not on others; both kinds of route are exercised
+    assert BASE_ROUTE in routes and len(routes) >= 2, routes
+    assert arm.adapters[BASE_ROUTE] is None
+    for key, adapter in arm.adapters.items():
+        if adapter is not None:
+            assert [s.strategy for s in adapter.strategies] == key.split(" + ")
+
+
+def test_always_on_writes_each_strategy_at_its_full_strength(compiled):
+    _, result = compiled
+    names = result.program.names
+    adapter = always_on(result.program, names, result.adapter)
+    assert [s.kind for s in adapter.strategies] == [ADDITIVE] * len(names)
+    for spec, strategy in zip(adapter.strategies, result.program.strategies):
+        assert (spec.strategy, spec.layer, spec.strength) == (strategy.name, strategy.layer, strategy.strength)
+    for layer in adapter.layers:
+        rows = adapter.block(layer, ADDITIVE)["direction"]
+        expected = torch.stack([s.direction for s in result.program.strategies if s.layer == layer])
+        assert torch.equal(rows.reshape(expected.shape), expected.to(rows.dtype))
+    assert adapter.fingerprint == result.adapter.fingerprint
+
+
+def test_a_routed_arm_answers_each_prompt_as_its_adapter_alone_would(compiled):
+    loaded, result = compiled
+    prompts = _prompts(result)[:6]
+    samples = [Sample(id=f"p{i}", prompt=p, label="target", split="test") for i, p in enumerate(prompts)]
+    steer = always_on(result.program, result.program.names[:1], result.adapter)
+    for spec in steer.strategies:
+        spec.strength = 50.0   # large enough that the steered answers differ from the base model's
+    routed = Routed(adapters={"steer": steer}, route={p: "steer" for p in prompts[::2]})
+    table = evaluate_refusal(loaded.model, loaded.tokenizer, {"base": None, "steer": steer, "routed": routed},
+                             {"all": samples}, {"all": "up"}, max_new_tokens=4, batch_size=4, examples=6,
+                             progress=False)
+    answers = table.groups[0].examples
+    expected = [answers["steer"][i] if i % 2 == 0 else answers["base"][i] for i in range(6)]
+    assert answers["routed"] == expected
+    assert answers["steer"] != answers["base"]
+
+
+def test_a_route_to_an_unknown_adapter_is_named():
+    with pytest.raises(MasteerError, match=r"routes to \['gone'\]"):
+        Routed(adapters={"here": None}, route={"a prompt": "gone"})
+
+
+def test_the_compile_measures_the_per_prompt_arm_and_the_static_frontier_on_test(small_samples):
+    """The whole evaluation on a tiny compile: the table has the per-prompt arm, and the static frontier has
+    one row per strength the matching tried, each agreeing with that strength measured on its own."""
+    from masteer.compiler.adaptive_compile import (ADAPTIVE_ARM, PER_PROMPT_ARM, evaluate_program, frontier_markdown,
+                                                   summary_markdown)
+    torch.set_num_threads(1)
+    loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny-llama")
+    options = CompileOptions(layers=(1, 2), samples_path=str(small_samples), progress=False, max_new_tokens=3)
+    adaptive = AdaptiveOptions(algorithms=("mean_difference", "pca"), keep_layers=1, budget=10.0)
+    result = compile_program(options, adaptive, loaded=loaded, log=lambda _: None)
+    # a random model refuses nothing, so the matching stops at its first strength: add a far larger one
+    result.static_match["tried"].append({"strength": 40.0, "val_target_refusal": 0.0})
+    evaluation = evaluate_program(result, loaded, options, suites=False, log=lambda _: None)
+    assert PER_PROMPT_ARM in evaluation.refusal.arms
+    assert PER_PROMPT_ARM not in evaluation.teacher_forced   # a routed arm has no single forward pass
+    tried = sorted({row["strength"] for row in result.static_match["tried"]})
+    rows = evaluation.frontier
+    static_rows, (program_row,) = rows[:-1], rows[-1:]
+    assert [r["strength"] for r in static_rows] == tried and len(static_rows) >= 2
+    assert program_row["arm"] == ADAPTIVE_ARM
+    # the frontier runs on the test prompts as written: each row agrees with the main table's verdicts there
+    written = [s for s in result.samples.select(split="test") if s.family in ("direct", "")]
+    assert 0 < len(written) < len(result.samples.select(split="test")) == len(evaluation.refusal.verdicts["base"])
+    up = [s.prompt for s in written if s.label == "target"]
+    for arm, row in (("static", next(r for r in static_rows if r["strength"] == result.static_match["chosen_strength"])),
+                     (ADAPTIVE_ARM, program_row)):
+        assert row["test_up"] == pytest.approx(sum(evaluation.refusal.verdicts[arm][p] for p in up) / len(up))
+        assert row["test_neutral_kl"] == pytest.approx(evaluation.teacher_forced[arm]["kl"], abs=1e-5)
+    assert static_rows[-1]["test_neutral_kl"] > static_rows[0]["test_neutral_kl"]   # a larger push drifts more
+    table = frontier_markdown(rows)
+    assert table.count("| static |") == len(static_rows) and f"**{ADAPTIVE_ARM}**" in table
+    assert "every strength the matching tried" in summary_markdown(result, evaluation)
+    assert "static_frontier" in evaluation.to_dict()
