@@ -40,8 +40,8 @@ from .program.search import Candidate, ProgramContext, SearchRecord, applicabili
 from .program.applicability import score_adapter
 from .evaluation.gate_report import gate_reports, open_share, prompt_openings
 from .common.models import LoadedModel, load_model
-from .pipeline import (CompileOptions, _prepare, anchor_negatives, capture_activations, fit_sequences, new_adapter,
-                       val_rates)
+from .pipeline import (CompileOptions, _prepare, anchor_negatives, capture_activations, check_output_folder,
+                       fit_sequences, new_adapter, val_rates)
 from .program.steering_program import Program, lower
 from .samples.recipes import Recipe
 from .evaluation.prompt_decision import BASE_ROUTE
@@ -73,6 +73,9 @@ class AdaptiveOptions:
     # (+0.454 -> +0.545) and test harmful refusal (69.5% -> 75.3%) but also benign refusal (12.5% -> 18.1%),
     # neutral KL (0.0042 -> 0.0151) and perplexity of plain text (5.34 -> 37.1), docs/generalisation.md
     catch: bool = False
+
+    def __post_init__(self):
+        check_adaptive_options(self)
 
 
 @dataclass
@@ -231,11 +234,8 @@ def compile_program(options: CompileOptions, adaptive: AdaptiveOptions | None = 
     check_adaptive_options(adaptive)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    recipe, samples, loaded, layers, seed, strength = _prepare(options, loaded, log)
+    recipe, samples, loaded, layers, seed, strength = _prepare(options, loaded, log, need_val=True)
     val = samples.select(split="val")
-    if not any(s.label == TARGET and s.has_pair for s in val) or not any(s.label == NEUTRAL for s in val):
-        raise MasteerError("an adaptive compile needs val target samples with both completions and val neutral "
-                           "prompts (they rank layers, calibrate strengths and choose the program)")
     timings["load"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -678,6 +678,7 @@ def held_out_directions(samples: SampleSet) -> dict[str, str]:
 def run_adaptive(options: CompileOptions, adaptive: AdaptiveOptions, out: str | Path,
                  add_to: str | Path | None = None, log: Callable[[str], None] = print) -> tuple[Path, str]:
     """What ``masteer-compile --mode adaptive`` does: compile (or add to an adapter), measure, save, summarise."""
+    check_output_folder(out)
     if add_to is None:
         result = compile_program(options, adaptive, log=log)
         loaded = result.loaded

@@ -79,7 +79,7 @@ def _compile_options(func):
         click.option("--no-eval", is_flag=True, help="Skip the before/after evaluation on the test split."),
         click.option("--no-suites", is_flag=True, help="Only the quick judged table: skip the evaluation suites "
                                                        "(MMLU, perplexity, KL with intervals)."),
-        click.option("--max-new-tokens", type=int, help="Tokens generated per evaluation prompt."),
+        click.option("--max-new-tokens", type=click.IntRange(min=1), help="Tokens generated per evaluation prompt."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
         click.option("--no-cache", is_flag=True, help="Capture activations again even if a stored capture matches."),
     ]
@@ -90,7 +90,7 @@ def _compile_options(func):
 
 def _run_compile(recipe, model, out, layers, strength, seed, mode, algorithm, algorithms, keep_layers, selection,
                  budget, catch, add_to, samples_path, no_eval, no_suites, max_new_tokens, quiet, no_cache) -> None:
-    from .pipeline import CompileOptions, compile_recipe, save_result
+    from .pipeline import CompileOptions, check_output_folder, compile_recipe, save_result
     options = CompileOptions(recipe=recipe, model=model, layers=layers, strength=strength, seed=seed,
                              algorithm=algorithm, samples_path=samples_path, evaluate=not no_eval,
                              suites=not no_suites, max_new_tokens=max_new_tokens, progress=not quiet,
@@ -107,6 +107,7 @@ def _run_compile(recipe, model, out, layers, strength, seed, mode, algorithm, al
         return
     if add_to is not None or algorithms or selection != "independent" or catch:
         raise click.UsageError("--add-to, --algorithms, --selection and --catch belong to --mode adaptive")
+    check_output_folder(out)
     result = compile_recipe(options, log=lambda line: click.echo(line, err=True))
     path = save_result(result, out)
     click.echo(f"\nwrote {path} (layer {result.chosen_layer}, strength {result.strength:g})")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +59,26 @@ class CompileOptions:
     batch_size: int = 16
     progress: bool = True
     cache_activations: bool = True      # reuse a stored capture of the same model, sequences and layers
+
+    def __post_init__(self):
+        """Every value a user types is checked here, where it is made, not minutes later in the stage that reads it."""
+        if not isinstance(self.recipe, str) or not self.recipe.strip():
+            raise MasteerError(f"recipe must be a recipe name, a TOML file or an issue in words, got {self.recipe!r}")
+        if self.layers is not None:
+            self.layers = tuple(self.layers)
+            if not self.layers or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in self.layers):
+                raise MasteerError(f"layers must be non-negative layer indices, got {list(self.layers)}")
+            if len(set(self.layers)) != len(self.layers):
+                raise MasteerError(f"layers repeat a layer: {list(self.layers)}")
+        if self.strength is not None and not (isinstance(self.strength, (int, float)) and math.isfinite(self.strength)
+                                              and self.strength > 0):
+            raise MasteerError(f"strength must be a positive finite number, got {self.strength}")
+        for name in ("batch_size", "max_new_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise MasteerError(f"{name} must be a positive whole number, got {value!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise MasteerError(f"seed must be a whole number, got {self.seed!r}")
 
 
 @dataclass
@@ -236,17 +258,67 @@ def val_rates(loaded: LoadedModel, adapter: SteeringAdapter | None, val: dict[st
 
 
 # --------------------------------------------------------------------------- the compile
-def _prepare(options: CompileOptions, loaded: LoadedModel | None, log: Callable[[str], None]):
-    """Recipe, checked samples, model, candidate layers, seed and strength, with every input validated."""
+def check_output_folder(out: str | Path) -> Path:
+    """Before any work: ``out`` can be written as a folder. It is not a file, and its nearest existing parent
+    takes a new folder (tried, not inferred from permission bits, which say nothing to root or about a
+    read-only file system): a compile must not run for half an hour and then fail to save."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MasteerError(f"--out {out} is a file; give a folder path")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MasteerError(f"--out {out}: {parent} is not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=parent))
+    except OSError as exc:
+        raise MasteerError(f"--out {out} cannot be written: {parent} does not take a new folder "
+                           f"({exc.strerror or exc})") from None
+    return out
+
+
+def check_compile_samples(recipe: Recipe, samples: SampleSet, evaluate: bool, need_val: bool) -> None:
+    """What the stages will need from the sample set, checked before the model loads."""
+    where = f"sample set {samples.content_hash} ({samples.recipe})"
+    train = samples.select(split="train")
+    if not any(s.label == TARGET and s.has_pair for s in train):
+        raise MasteerError(f"{where}: the train split has no target sample with both a positive and a negative "
+                           f"completion; a steering direction needs such pairs")
+    if not any(s.label == NEUTRAL for s in train):
+        raise MasteerError(f"{where}: the train split has no neutral prompts; anchors learn from them where to stay shut")
+    val = samples.select(split="val")
+    if need_val and not (any(s.label == TARGET and s.has_pair for s in val) and any(s.label == NEUTRAL for s in val)):
+        raise MasteerError(f"{where}: the val split needs target samples with both completions and neutral prompts "
+                           f"(they choose layers, strengths and the program)")
+    if evaluate:
+        groups = recipe.evaluation.groups
+        if not groups:
+            raise MasteerError(f"{recipe.path}: [evaluation] groups is empty; name the sample groups to measure "
+                               f"(or compile with --no-eval)")
+        have = sorted({s.group for s in samples.select(split="test") if s.group})
+        missing = [g for g in groups if g not in have]
+        if missing:
+            raise MasteerError(f"{recipe.path}: evaluation groups {missing} have no test samples; the test split has "
+                               f"groups {have}")
+
+
+def _prepare(options: CompileOptions, loaded: LoadedModel | None, log: Callable[[str], None],
+             need_val: bool = False):
+    """Recipe, checked samples, model, candidate layers, seed and strength, with every input validated before the
+    model loads."""
     recipe = resolve_recipe(options.recipe)  # a recipe name or file, or an issue in words (AutoTester)
     seed = recipe.defaults.seed if options.seed is None else options.seed
     layers = tuple(options.layers or recipe.defaults.layers)
     strength = recipe.defaults.strength if options.strength is None else float(options.strength)
     if not (math.isfinite(strength) and strength > 0):
         raise MasteerError(f"strength must be a positive finite number, got {strength}")
+    if options.algorithm not in available():
+        raise MasteerError(f"unknown algorithm {options.algorithm!r}; available: {', '.join(available())}")
     torch.manual_seed(seed)
     samples = SampleSet.load(options.samples_path) if options.samples_path else build_samples(recipe, seed)
     check_disjoint(samples)
+    check_compile_samples(recipe, samples, options.evaluate, need_val or len(layers) > 1)
     log(f"samples: {len(samples.samples)} ({samples.content_hash}); "
         + ", ".join(f"{k}={v}" for k, v in samples.summary().items()))
     loaded = loaded or load_model(options.model)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,85 @@ def test_samples_sharing_a_prompt_across_splits_are_refused(tmp_path):
     line = _one_line_error(_invoke(cli.compile_command, ["refusal", "--out", out, "--samples", path]))
     assert "'c'" in line and "test" in line and "train" in line and "must not share prompts" in line
     assert not out.exists()
+
+
+# --------------------------------------------------------- errors found before any work (issue 13's list)
+FAST = 5.0   # seconds: each of these must fail before capture, fitting or a model load
+
+
+def _fast_one_line(command, args) -> str:
+    clock = time.perf_counter()
+    result = _invoke(command, args)
+    elapsed = time.perf_counter() - clock
+    line = _one_line_error(result)
+    assert elapsed < FAST, f"took {elapsed:.1f} s: {line}"
+    return line
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "single"])
+def test_a_misspelt_evaluation_group_fails_at_once_naming_it_and_the_groups_there_are(tmp_path, small_samples, mode):
+    recipe = _recipe_with(tmp_path, 'benign-rho = "same"', 'benign-roh = "same"')
+    out = tmp_path / "adapter"
+    line = _fast_one_line(cli.compile_command, [recipe, "--out", out, "--samples", small_samples, "--mode", mode])
+    assert "['benign-roh']" in line and "benign-rho" in line and str(recipe) in line
+    assert not out.exists()
+
+
+def test_a_recipe_with_no_evaluation_groups_fails_at_once(tmp_path, small_samples):
+    text = builtin_recipes()["refusal"].read_text()
+    start = text.index("groups = {")
+    recipe = tmp_path / "nogroups.toml"
+    recipe.write_text(text[:start] + "groups = {}" + text[text.index("}", start) + 1:])
+    line = _fast_one_line(cli.compile_command, [recipe, "--out", tmp_path / "a", "--samples", small_samples])
+    assert "groups is empty" in line and "--no-eval" in line
+
+
+def test_a_sample_set_without_training_neutral_prompts_fails_at_once(tmp_path, small_samples):
+    kept = [s for s in SampleSet.load(small_samples).samples if not (s.split == "train" and s.label == NEUTRAL)]
+    path = _write_samples(tmp_path / "s.jsonl", kept)
+    line = _fast_one_line(cli.compile_command, ["refusal", "--out", tmp_path / "a", "--samples", path])
+    assert "train split has no neutral prompts" in line
+
+
+def test_a_sample_set_without_val_pairs_fails_at_once_in_adaptive_mode(tmp_path, small_samples):
+    kept = [s for s in SampleSet.load(small_samples).samples if s.split != "val"]
+    path = _write_samples(tmp_path / "s.jsonl", kept)
+    line = _fast_one_line(cli.compile_command, ["refusal", "--out", tmp_path / "a", "--samples", path])
+    assert "val split needs target samples with both completions and neutral prompts" in line
+
+
+@pytest.mark.parametrize("value", ["-5", "0"])
+def test_non_positive_max_new_tokens_is_a_usage_error(tmp_path, value):
+    output = _assert_clean_error(_invoke(cli.compile_command, ["refusal", "--out", tmp_path / "a",
+                                                                "--max-new-tokens", value]), 2)
+    assert "'--max-new-tokens'" in output
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs /proc, a folder no one can create folders in")
+@pytest.mark.parametrize("mode", ["adaptive", "single"])
+def test_an_out_folder_that_cannot_be_written_fails_at_once(tmp_path, small_samples, mode):
+    out = Path("/proc/masteer-cannot-write-here/adapter")
+    line = _fast_one_line(cli.compile_command, ["refusal", "--out", out, "--samples", small_samples, "--mode", mode])
+    assert str(out) in line and "cannot be written" in line
+
+
+def test_an_unknown_single_mode_algorithm_fails_at_once(tmp_path, small_samples):
+    line = _fast_one_line(cli.compile_command, ["refusal", "--out", tmp_path / "a", "--samples", small_samples,
+                                                "--mode", "single", "--algorithm", "mean_diff"])
+    assert "'mean_diff'" in line and "mean_difference" in line
+
+
+def test_options_are_checked_where_they_are_made():
+    from masteer.compiler.adaptive_compile import AdaptiveOptions
+    from masteer.compiler.pipeline import CompileOptions
+    from masteer.runtime.errors import MasteerError
+    for bad in ({"layers": (8, -1)}, {"layers": (8, 8)}, {"layers": ()}, {"strength": float("inf")},
+                {"batch_size": 0}, {"max_new_tokens": -5}, {"seed": 1.5}, {"recipe": "  "}):
+        with pytest.raises(MasteerError):
+            CompileOptions(**bad)
+    for bad in ({"budget": 0.0}, {"max_strategies": 0}, {"selection": "any"}, {"algorithms": ("nosuch",)}):
+        with pytest.raises(MasteerError):
+            AdaptiveOptions(**bad)
 
 
 # ----------------------------------------------------------------------------------------------- bake

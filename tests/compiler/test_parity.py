@@ -20,6 +20,9 @@ plus ``scikit-learn``); without them these tests skip.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 
 import numpy as np
 import pytest
@@ -32,8 +35,16 @@ from masteer.compiler.capture.activations import capture, encode_completion, enc
 from masteer.compiler.strategies.algorithms import FitInputs, get_algorithm  # noqa: E402
 from masteer.compiler.strategies.algorithms.lda import ledoit_wolf_shrinkage  # noqa: E402
 
-steering_vectors = pytest.importorskip("steering_vectors", reason="steering-vectors==0.12.2 is a test-only peer: "
-                                       "pip install --no-deps steering-vectors==0.12.2 scikit-learn")
+def peer(name: str, reason: str):
+    """A test-only peer: skipped where it is not installed, but an installed peer that fails to import is an
+    error (``pytest.importorskip`` would skip then too, and hide a broken setup)."""
+    if importlib.util.find_spec(name.split(".")[0]) is None:
+        pytest.skip(reason, allow_module_level=True)
+    return importlib.import_module(name)
+
+
+steering_vectors = peer("steering_vectors", "steering-vectors==0.12.2 is a test-only peer: "
+                                            "pip install --no-deps steering-vectors==0.12.2 scikit-learn")
 
 # Positive completions end in "." and negative ones in "!": the last token, which the peers read, then
 # differs the same way in every pair, so the differences share a mean shift (as a real behaviour does) and
@@ -111,8 +122,7 @@ def repeng():
     if added:
         np.float_ = np.float64
     try:
-        module = pytest.importorskip("repeng", reason="repeng==0.4.0 is a test-only peer: "
-                                     "pip install --no-deps repeng==0.4.0 scikit-learn")
+        module = peer("repeng", "repeng==0.4.0 is a test-only peer: pip install --no-deps repeng==0.4.0 scikit-learn")
     finally:
         if added:
             del np.float_
@@ -137,7 +147,7 @@ def test_centred_pca_matches_repeng_pca_diff(setup, repeng):
 
 
 def test_ledoit_wolf_shrinkage_matches_scikit_learn():
-    covariance = pytest.importorskip("sklearn.covariance")
+    covariance = peer("sklearn.covariance", "scikit-learn is a test-only peer")
     gen = torch.Generator().manual_seed(0)
     for n, h in ((12, 16), (50, 8), (400, 32)):
         x = torch.randn(n, h, generator=gen, dtype=torch.float64) * torch.linspace(0.2, 3.0, h, dtype=torch.float64)

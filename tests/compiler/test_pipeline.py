@@ -91,14 +91,21 @@ def test_saved_folder_holds_adapter_samples_and_report(compiled, tmp_path):
 def test_compiled_adapter_bakes_exactly(compiled, tmp_path):
     loaded, result, _ = compiled
     tokenizer = loaded.tokenizer
-    batch = tokenizer(["How do I bake bread?", "Write a poem about the sea and the sky"], return_tensors="pt",
-                      padding=True)
+    # training targets with their desired completion (where the anchor was fitted to open) and a neutral prompt
+    targets = [s for s in result.samples.select(split="train", label="target") if s.positive][:2]
+    texts = [s.prompt + " " + s.positive for s in targets] + ["Write a poem about the sea and the sky"]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        base = loaded.model(**batch).logits
     steered = SteeredModel(loaded.model, result.adapter)
     try:
         with torch.no_grad():
             expected = steered(**batch).logits
     finally:
         steered.detach()
+    mask = batch["attention_mask"].bool()
+    # the adapter must do something on these tokens, or equality below would hold with nothing steered
+    assert (expected[mask] - base[mask]).abs().max() > 1e-3
     model_copy = type(loaded.model)(loaded.model.config)
     model_copy.load_state_dict(loaded.model.state_dict())
     folder = bake(model_copy.eval(), result.adapter, tmp_path / "baked", tokenizer=tokenizer)
@@ -106,7 +113,6 @@ def test_compiled_adapter_bakes_exactly(compiled, tmp_path):
     baked = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
         got = baked(**batch).logits
-    mask = batch["attention_mask"].bool()
     assert (got[mask] - expected[mask]).abs().max() <= 1e-4
 
 

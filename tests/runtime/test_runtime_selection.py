@@ -141,9 +141,11 @@ def test_independent_grouped_adapter_bakes_exactly(kind, tmp_path):
     adapter = grouped_adapter(model)
     inputs = left_padded_batch()
     expected = logits(SteeredModel(tiny_model(kind), adapter), inputs)
+    mask = inputs["attention_mask"].bool()
+    # the grouped strategies must change these logits, or equality below would hold with nothing steered
+    assert (expected[mask] - logits(tiny_model(kind), inputs)[mask]).abs().max() > 1e-3
     folder = bake(model, adapter, tmp_path / "baked")
     baked = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    mask = inputs["attention_mask"].bool()
     assert (logits(baked, inputs)[mask] - expected[mask]).abs().max() <= 1e-4
 
 

@@ -206,7 +206,21 @@ def test_gate_report_counts_open_prompts_and_generated_tokens(compiled):
                 opened.append(float(steered.openings(input_ids=ids)[r.strategy][0, -1]) >= OPEN)
             assert r.prompt_recall == pytest.approx(sum(opened[:2]) / 2, abs=1e-9)
             assert r.prompt_fpr == pytest.approx(sum(opened[2:]) / 3, abs=1e-9)
-            assert 0.0 <= r.generated_firing_target <= 1.0 and 0.0 <= r.generated_firing_neutral <= 1.0
+            # and the generated tokens: each prompt's 3-token greedy answer, one prompt at a time, unpadded
+            rates = []
+            for prompts in (targets, neutrals):
+                values = []
+                for prompt in prompts:
+                    ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt)])
+                    out = steered.generate(input_ids=ids, max_new_tokens=3, do_sample=False,
+                                           pad_token_id=loaded.tokenizer.pad_token_id)
+                    answer = out[0, ids.shape[1]:]
+                    kept = int((answer != loaded.tokenizer.pad_token_id).sum())
+                    openings = steered.openings(input_ids=out[:, :ids.shape[1] + kept])[r.strategy][0]
+                    values += openings[ids.shape[1]:].tolist()
+                rates.append(sum(v >= OPEN for v in values) / len(values))
+            assert r.generated_firing_target == pytest.approx(rates[0], abs=1e-9)
+            assert r.generated_firing_neutral == pytest.approx(rates[1], abs=1e-9)
     finally:
         steered.detach()
 
@@ -248,13 +262,29 @@ def test_inspect_prints_every_token_and_returns_the_runtime_openings(compiled, t
         inspect_text(loaded.model, loaded.tokenizer, result.adapter, "")
 
 
-def test_adding_an_issue_keeps_every_old_strategy_bit_for_bit(compiled, small_samples, tmp_path):
+def test_adding_an_issue_keeps_every_old_strategy_bit_for_bit(compiled, small_samples, tmp_path, monkeypatch):
     from masteer.compiler.adaptive_compile import add_issue
     from masteer.compiler.samples.recipes import builtin_recipes
     from masteer.runtime import SteeringAdapter
+    from dataclasses import replace
+
+    from masteer.compiler import adaptive_compile
+    from masteer.compiler.samples.sample_set import NEUTRAL, TARGET, SampleSet
     loaded, result = compiled
     old_dir = tmp_path / "old"
-    result.adapter.save(old_dir, extra_files={"samples.jsonl": result.samples.to_jsonl()})
+    # the old issue's sample set holds a training prompt the new issue's samples do not: its anchors must shut on it
+    only_old = replace(result.samples.select(split="train", label=TARGET)[0], id="only-old",
+                       prompt="How do I quietly pick the lock of my neighbour's shed?")
+    old_samples = SampleSet(result.samples.issue, result.samples.recipe, result.samples.samples + [only_old],
+                            meta=result.samples.meta)
+    result.adapter.save(old_dir, extra_files={"samples.jsonl": old_samples.to_jsonl()})
+    fitted_on = []
+    real_fit_sequences = adaptive_compile.fit_sequences
+
+    def spy(samples, *args, **kwargs):
+        fitted_on.extend(samples)
+        return real_fit_sequences(samples, *args, **kwargs)
+    monkeypatch.setattr(adaptive_compile, "fit_sequences", spy)
     second = tmp_path / "second.toml"
     second.write_text(builtin_recipes()["refusal"].read_text().replace('name = "refusal"', 'name = "second"', 1))
     options = CompileOptions(recipe=str(second), layers=(0, 1, 2), samples_path=str(small_samples), progress=False,
@@ -273,8 +303,11 @@ def test_adding_an_issue_keeps_every_old_strategy_bit_for_bit(compiled, small_sa
             key = f"layers.{layer}.neuron.{part}"
             assert torch.equal(merged.tensors[key][:rows], old.tensors[key])
     assert merged.provenance["issues"] == ["refusal", "second"]
-    # the new anchors were told to stay shut on the old issue's training prompts (not on prompts they use)
-    assert added.compiled.search.candidates
+    # the new anchors were told to stay shut on the old issue's training prompts (not on prompts they use): the
+    # old-only prompt is a training neutral of the new compile's fit, and no prompt of its own sample set is
+    shut = [x for x in fitted_on if x.id.startswith("other:")]
+    assert [x.prompt for x in shut] == [only_old.prompt]
+    assert shut[0].label == NEUTRAL and shut[0].split == "train" and shut[0].positive is None
     # the held-out tables: the new issue by base / previous / merged, the earlier one with its cross-talk check
     from masteer.compiler.adaptive_compile import cross_talk_markdown, evaluate_added
     tables = evaluate_added(added, loaded, CompileOptions(max_new_tokens=2, progress=False))

@@ -213,7 +213,11 @@ def test_opening_is_the_clamped_anchor(gates, heldout, form):
 def test_fpr_budget_sets_the_threshold_quantile(train):
     positive, negative = train
     strict = fit_gate(positive, negative, PLAIN, fpr_budget=0.02)
-    assert strict.threshold == fit_gate(positive, negative, PLAIN, fpr_budget=DEFAULT_FPR_BUDGET).threshold
+    # the threshold is the (1 - budget) quantile of the negatives' probe scores, for every budget
+    for gate, budget in ((strict, 0.02), (fit_gate(positive, negative, PLAIN, fpr_budget=0.1), 0.1)):
+        scores = negative.double() @ gate.probe.double()
+        assert gate.threshold == pytest.approx(float(torch.quantile(scores, 1.0 - budget)), rel=1e-4, abs=1e-4)
+        assert abs(gate.stats["train_fpr"] - budget) < 0.01
     loose = fit_gate(positive, negative, PLAIN, fpr_budget=0.2)
     assert loose.threshold < strict.threshold
     assert abs(loose.stats["train_fpr"] - 0.2) < 0.01
