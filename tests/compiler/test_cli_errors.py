@@ -236,6 +236,18 @@ def test_an_unknown_single_mode_algorithm_fails_at_once(tmp_path, small_samples)
     assert "'mean_diff'" in line and "mean_difference" in line
 
 
+def test_a_model_folder_without_a_config_fails_at_once(tmp_path, small_samples):
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text("{}")
+    line = _fast_one_line(cli.compile_command, ["refusal", "--model", folder, "--out", tmp_path / "a",
+                                                "--samples", small_samples])
+    assert str(folder) in line and "config.json" in line
+    line = _fast_one_line(cli.compile_command, ["refusal", "--model", tmp_path / "nowhere", "--out", tmp_path / "a",
+                                                "--samples", small_samples])
+    assert "does not exist" in line
+
+
 def test_options_are_checked_where_they_are_made():
     from masteer.compiler.adaptive_compile import AdaptiveOptions
     from masteer.compiler.pipeline import CompileOptions
@@ -247,6 +259,10 @@ def test_options_are_checked_where_they_are_made():
     for bad in ({"budget": 0.0}, {"max_strategies": 0}, {"selection": "any"}, {"algorithms": ("nosuch",)}):
         with pytest.raises(MasteerError):
             AdaptiveOptions(**bad)
+    from masteer.compiler.evaluation import EvalOptions
+    for bad in ({"split": "tests"}, {"max_new_tokens": -5}, {"n": 0}, {"n_boot": 0}, {"batch_size": 2.5}):
+        with pytest.raises(MasteerError):
+            EvalOptions(**bad)
 
 
 # ----------------------------------------------------------------------------------------------- bake
