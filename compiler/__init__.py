@@ -8,7 +8,9 @@
 
 ``common`` (datasets, judge, model loading) serves every stage and imports none. A stage imports only
 earlier stages and ``common`` (``tests/compiler/test_import_order.py`` checks it). The drivers on top run
-the stages: ``pipeline`` (single mode, the strategy survey), ``adaptive_compile`` (the default adaptive
-compile and ``--add-to``), ``lofo`` (leave one family out), ``measure_autotester``, ``serve`` and ``cli``.
+the stages: ``compile`` (the one compile: ``compile_program`` with a preset that builds the program, the
+adaptive program search by default or the single-strategy preset, then ``evaluate_program`` and
+``save_program``; ``--add-to``), ``pipeline`` (the steps every preset shares, and the strategy survey),
+``lofo`` (leave one family out), ``measure_autotester`` (``masteer measure``), ``serve`` and ``cli``.
 Lowering to other destinations (a baked checkpoint) is ``masteer.runtime``'s.
 """

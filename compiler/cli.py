@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -90,29 +91,26 @@ def _compile_options(func):
 
 def _run_compile(recipe, model, out, layers, strength, seed, mode, algorithm, algorithms, keep_layers, selection,
                  budget, catch, add_to, samples_path, no_eval, no_suites, max_new_tokens, quiet, no_cache) -> None:
-    from .pipeline import CompileOptions, check_output_folder, compile_recipe, save_result
+    """One compile path for both modes: the mode only chooses the preset that builds the program."""
+    from .compile import AdaptiveOptions, run_compile
+    from .pipeline import CompileOptions
+    from .program.single_strategy import SINGLE_ALGORITHM, SingleStrategy
+    from .strategies.library import DEFAULT_DRIFT_BUDGET
     options = CompileOptions(recipe=recipe, model=model, layers=layers, strength=strength, seed=seed,
-                             algorithm=algorithm, samples_path=samples_path, evaluate=not no_eval,
-                             suites=not no_suites, max_new_tokens=max_new_tokens, progress=not quiet,
-                             cache_activations=not no_cache)
+                             samples_path=samples_path, evaluate=not no_eval, suites=not no_suites,
+                             max_new_tokens=max_new_tokens, progress=not quiet, cache_activations=not no_cache)
     if mode == "adaptive":
-        from .adaptive_compile import AdaptiveOptions, run_adaptive
-        from .strategies.library import DEFAULT_DRIFT_BUDGET
+        if algorithm != SINGLE_ALGORITHM:
+            raise click.UsageError("--algorithm belongs to --mode single (adaptive mode takes --algorithms)")
         names = tuple(a.strip() for a in algorithms.split(",") if a.strip()) if algorithms else None
-        adaptive = AdaptiveOptions(algorithms=names, keep_layers=keep_layers, selection=selection,
-                                   budget=DEFAULT_DRIFT_BUDGET if budget is None else budget, catch=catch)
-        path, summary = run_adaptive(options, adaptive, out, add_to=add_to,
-                                     log=lambda line: click.echo(line, err=True))
-        click.echo(f"\nwrote {path}\n\n{summary}")
-        return
-    if add_to is not None or algorithms or selection != "independent" or catch:
-        raise click.UsageError("--add-to, --algorithms, --selection and --catch belong to --mode adaptive")
-    check_output_folder(out)
-    result = compile_recipe(options, log=lambda line: click.echo(line, err=True))
-    path = save_result(result, out)
-    click.echo(f"\nwrote {path} (layer {result.chosen_layer}, strength {result.strength:g})")
-    if result.evaluation is not None:
-        click.echo("\n" + result.table())
+        preset = AdaptiveOptions(algorithms=names, keep_layers=keep_layers, selection=selection,
+                                 budget=DEFAULT_DRIFT_BUDGET if budget is None else budget, catch=catch)
+    else:
+        if add_to is not None or algorithms or selection != "independent" or catch or budget is not None:
+            raise click.UsageError("--add-to, --algorithms, --selection, --budget and --catch belong to --mode adaptive")
+        preset = SingleStrategy(algorithm=algorithm)
+    path, summary = run_compile(options, preset, out, add_to=add_to, log=lambda line: click.echo(line, err=True))
+    click.echo(f"\nwrote {path}\n\n{summary}")
 
 
 @click.command(name="masteer-compile")
@@ -291,6 +289,46 @@ def shift(adapter: Path, model: str, families: str | None, json_out, batch_size:
     if json_out:
         save(report)
         click.echo(f"wrote {json_out}")
+
+
+@main.command()
+@click.argument("issue")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for samples.jsonl (when built here), adapter/ and measure_report.json.")
+@click.option("--samples", "samples_path", type=click.Path(dir_okay=False, exists=True),
+              help="A saved sample set (default: build one with the local writer).")
+@click.option("--model", "-m", default=EMBEDDED_NAME, show_default=True, help="A transformers model id or path.")
+@click.option("--layers", callback=_parse_layers, default="8,10,12,14,16", show_default=True,
+              help="Candidate layers, one single-strategy compile each.")
+@click.option("--scales", default="1,2,4", show_default=True, help="Strengths tried on val at every layer.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--budget", type=float, default=None, help="Drift budget, mean next-token KL (nats) on val neutrals "
+                                                        "(default 0.05).")
+@click.option("--extra-pattern", help="A regex counted on the generations, e.g. an 'is an AI' judge.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@_user_errors
+def measure(issue, out, samples_path, model, layers, scales, seed, budget, extra_pattern, quiet) -> None:
+    """Measure a claim ISSUE's repair (e.g. "claims to be a human") on held-out prompts: preference, drift and
+    judged answers for base, static and gated arms, layer and strength chosen on val (docs/autotester.md)."""
+    import re
+    from .measure_autotester import run
+    from .strategies.library import DEFAULT_DRIFT_BUDGET
+    try:
+        values = tuple(float(x) for x in scales.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"{scales!r} is not a comma-separated list of numbers", param_hint="--scales")
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise click.BadParameter("strengths must be positive finite numbers", param_hint="--scales")
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise click.BadParameter("the drift budget must be a positive number of nats", param_hint="--budget")
+    if extra_pattern:
+        try:
+            re.compile(extra_pattern)
+        except re.error as exc:
+            raise click.BadParameter(f"not a regular expression: {exc}", param_hint="--extra-pattern")
+    run(issue, out, samples_path, model, layers, values, seed, DEFAULT_DRIFT_BUDGET if budget is None else budget,
+        extra_pattern, progress=not quiet, log=lambda line: click.echo(line, err=True))
+    click.echo(f"wrote {out / 'measure_report.json'} and {out / 'adapter'}")
 
 
 @main.command(name="eval")

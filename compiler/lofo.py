@@ -37,7 +37,7 @@ from .program.search import (CATCH, Candidate, ProgramContext, applicability_tar
                              fit_catch_anchor, strategy_of)
 from .program.anchors import DEFAULT_FPR_BUDGET
 from .strategies.algorithms import get_algorithm
-from .adaptive_compile import TRAIN_APPLICABILITY
+from .compile import TRAIN_APPLICABILITY
 from .samples.builders import resolve_recipe
 from .evaluation import ResultCache, evaluate_refusal
 from .evaluation.shift import shift_samples

@@ -13,14 +13,14 @@ is measured on the sample set's **test** split, which no fitting or selection st
   user supplies (e.g. "says it is an AI"); on neutral prompts a judged denial is an intrusion.
 
 Layer and strength are chosen on the **val** split (largest gated preference gain within the drift
-budget), then one compile from the sample set alone at that layer and strength is measured on test.
+budget), then one compile from the sample set alone at that layer and strength is measured on test. Every
+compile here is the compile's single-strategy preset (``compile.compile_program`` with ``SingleStrategy``).
 
-Run: ``python -m masteer.compiler.measure_autotester "ISSUE TEXT" --out out/DIR`` (see ``--help``).
+Run: ``masteer measure "ISSUE TEXT" --out out/DIR`` (see ``--help``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import re
@@ -32,6 +32,7 @@ import torch
 
 from masteer.runtime import SteeredModel, SteeringAdapter
 from masteer.runtime.atomic import atomic_write_text
+from masteer.runtime.errors import MasteerError
 
 from .capture.generation import generate
 from .common.models import EMBEDDED_NAME, LoadedModel, load_model
@@ -159,15 +160,20 @@ def run(issue: str, out: Path, samples_path: str | None = None, model: str = EMB
         budget: float = DEFAULT_DRIFT_BUDGET, extra_pattern: str | None = None, max_new_tokens: int = 24,
         progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Samples (built with the local writer unless given) -> per-layer compiles -> val choice -> test table."""
-    from .pipeline import CompileOptions, compile_recipe, save_result
+    from .compile import compile_program, save_program
+    from .pipeline import CompileOptions
+    from .program.single_strategy import SingleStrategy
     from .samples.autotester.pipeline import AutoTesterOptions, format_summary, run_autotester
     from .samples.backends import make_backend
+    from .pipeline import check_output_folder
+    check_output_folder(out)
+    torch.manual_seed(seed)
     timings: dict[str, float] = {}
-    clock = time.perf_counter()
-    loaded = load_model(model)
     analysis = template_analysis(issue)
     if analysis.claim is None:
-        raise SystemExit(f"measure handles claim issues (negation axis); {issue!r} was read as {analysis.axis!r}")
+        raise MasteerError(f"measure handles claim issues (negation axis); {issue!r} was read as {analysis.axis!r}")
+    clock = time.perf_counter()
+    loaded = load_model(model)
     if samples_path is None:
         backend = make_backend("local", model, loaded=loaded)  # the writer shares the loaded model
         result = run_autotester(issue, backend, AutoTesterOptions(seed=seed, progress=progress))
@@ -182,7 +188,7 @@ def run(issue: str, out: Path, samples_path: str | None = None, model: str = EMB
     for layer in layers:
         options = CompileOptions(recipe=issue, model=model, layers=(layer,), strength=1.0, seed=seed,
                                  samples_path=samples_path, evaluate=False, progress=progress)
-        adapters[layer] = compile_recipe(options, loaded=loaded, log=lambda line: None).adapter
+        adapters[layer] = compile_program(options, SingleStrategy(), loaded=loaded, log=lambda line: None).adapter
         log(f"compiled layer {layer} ({time.perf_counter() - clock:.0f} s so far)")
     timings["compile_per_layer"] = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -191,14 +197,14 @@ def run(issue: str, out: Path, samples_path: str | None = None, model: str = EMB
     layer, scale = selection["chosen"]["layer"], selection["chosen"]["scale"]
     log(f"chosen on val: layer {layer}, strength {scale:g}")
     clock = time.perf_counter()
-    final = compile_recipe(CompileOptions(recipe=issue, model=model, layers=(layer,), strength=scale, seed=seed,
-                                          samples_path=samples_path, evaluate=False, progress=progress),
-                           loaded=loaded, log=lambda line: None)
-    save_result(final, out / "adapter")
+    final = compile_program(CompileOptions(recipe=issue, model=model, layers=(layer,), strength=scale, seed=seed,
+                                           samples_path=samples_path, evaluate=False, progress=progress),
+                            SingleStrategy(), loaded=loaded, log=lambda line: None)
+    save_program(final, None, out / "adapter")
     timings["final_compile"] = time.perf_counter() - clock
     clock = time.perf_counter()
     extra = re.compile(extra_pattern, re.I) if extra_pattern else None
-    test = evaluate_test(loaded, samples, {"base": None, "static": final.static_adapter, "gated": final.adapter},
+    test = evaluate_test(loaded, samples, {"base": None, "static": final.static, "gated": final.adapter},
                          claim_judge(analysis.claim), extra, max_new_tokens, progress)
     timings["test"] = time.perf_counter() - clock
     report = {"issue": issue, "model": loaded.name, "samples": samples_path, "samples_hash": samples.content_hash,
@@ -222,26 +228,3 @@ def format_table(report: dict) -> str:
     lines.append(f"test: {t['n_test_pairs']} pairs, {t['n_test_targets']} targets, {t['n_test_neutrals']} neutrals; "
                  f"layer {report['layer']}, strength {report['strength']:g}")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("issue")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--samples", help="a saved sample set (default: build one with the local writer)")
-    parser.add_argument("--model", default=EMBEDDED_NAME)
-    parser.add_argument("--layers", default="8,10,12,14,16")
-    parser.add_argument("--scales", default="1,2,4")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--budget", type=float, default=DEFAULT_DRIFT_BUDGET)
-    parser.add_argument("--extra-pattern", help="a regex counted on generations, e.g. an 'is an AI' judge")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    torch.manual_seed(args.seed)
-    run(args.issue, args.out, args.samples, args.model, [int(x) for x in args.layers.split(",")],
-        [float(x) for x in args.scales.split(",")], args.seed, args.budget, args.extra_pattern,
-        progress=not args.quiet)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,21 +1,21 @@
-"""The compile: recipe -> samples -> activations -> strategy + anchor per layer -> layer choice -> adapter -> report.
+"""The compile's shared stages: options, checks before the model loads, the fitting sequences, the capture,
+one layer's fit, the adapters' skeletons and the val rates; and the library survey (``masteer strategies``).
 
-Data flows one way and every stage's output is kept on the result (and saved beside the adapter),
-so a user can inspect why a layer was chosen or re-run the evaluation without refitting.
+Every compile runs through ``compile.compile_program``; this module holds what its presets (adaptive program
+search, single strategy) and the survey have in common, so each step exists once.
 
-Held-out discipline, by split: ``train`` fits directions and gates, ``val`` chooses the layer
-(teacher-forced, no generation), ``test`` is only generated from, once, for the before/after
-table. The three never share a prompt (checked, not assumed).
+Held-out discipline, by split: ``train`` fits directions and gates, ``val`` chooses layers, strengths and the
+program, ``test`` is only generated from, once, for the before/after table. The three never share a prompt
+(checked, not assumed).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,7 +30,7 @@ from .capture.activations import COMPLETION, PROMPT_TAIL, Activations, capture
 from .strategies.algorithms import FitInputs, Proposal, available, get_algorithm
 from .program.anchors import Gate, fit_gate
 from .samples.builders import build_samples, resolve_recipe
-from .evaluation import Evaluation, ResultCache, card_metrics, evaluate_compile, evaluate_refusal
+from .evaluation import evaluate_refusal
 from .common.models import EMBEDDED_NAME, LoadedModel, check_model_resolvable, load_model
 from .capture.neutral_answers import ANCHOR_ONLY, decoy_completions, extra_neutral_items, neutral_answers
 from .samples.recipes import Recipe
@@ -39,7 +39,6 @@ from .strategies.library import DEFAULT_DRIFT_BUDGET, MIN_EFFECT, StrategyRow, a
 
 REPORT_NAME = "compile_report.json"
 SAMPLES_NAME = "samples.jsonl"
-STATIC_ARM, GATED_ARM, BASE_ARM = "static", "gated", "base"
 SELECTION_TOKENS = 12  # a refusal announces itself in its first words
 
 
@@ -51,7 +50,6 @@ class CompileOptions:
     layers: tuple[int, ...] | None = None
     strength: float | None = None
     seed: int | None = None
-    algorithm: str = "mean_difference"
     samples_path: str | None = None     # a saved (possibly hand-edited) sample set instead of the builder
     evaluate: bool = True
     suites: bool = True                 # after the quick table, the evaluation suites with intervals (slower)
@@ -79,48 +77,6 @@ class CompileOptions:
                 raise MasteerError(f"{name} must be a positive whole number, got {value!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise MasteerError(f"seed must be a whole number, got {self.seed!r}")
-
-
-@dataclass
-class LayerCandidate:
-    """One layer's fitted strategy and anchor, with the held-out numbers that ranked it."""
-    layer: int
-    direction_norm: float
-    gate_stats: dict
-    val_target_rate: float = float("nan")   # judged refusal rate on val target prompts, gated adapter
-    val_neutral_rate: float = float("nan")  # the same on val neutral prompts (should stay at base)
-    score: float = float("nan")             # target rate minus neutral rate
-
-
-@dataclass
-class CompileResult:
-    recipe: Recipe
-    samples: SampleSet
-    adapter: SteeringAdapter
-    static_adapter: SteeringAdapter
-    candidates: list[LayerCandidate]
-    chosen_layer: int
-    strength: float
-    evaluation: Evaluation | None
-    val_base: dict[str, float] = field(default_factory=dict)  # base model's val refusal rates by label
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def report(self) -> dict:
-        return {
-            "recipe": self.recipe.name, "issue": self.recipe.issue,
-            "base_model": self.adapter.base_model_name_or_path,
-            "fingerprint": self.adapter.fingerprint.digest,
-            "samples": {"hash": self.samples.content_hash, "counts": self.samples.summary()},
-            "strength": self.strength, "chosen_layer": self.chosen_layer,
-            "val_base": self.val_base, "candidates": [asdict(c) for c in self.candidates],
-            "evaluation": self.evaluation.to_dict() if self.evaluation else None,
-            "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
-        }
-
-    def table(self) -> str:
-        if self.evaluation is None:
-            return "(evaluation skipped)"
-        return self.evaluation.markdown()
 
 
 # --------------------------------------------------------------------------- stage helpers
@@ -227,21 +183,6 @@ def new_adapter(loaded: LoadedModel, samples: SampleSet, recipe: Recipe) -> Stee
                                        "samples_hash": samples.content_hash})
 
 
-def add_gated(adapter: SteeringAdapter, recipe: Recipe, proposal: Proposal, gate: Gate, strength: float) -> str:
-    """Add the strategy as its gate's neurons (a ramp: "open" and "cap"); returns the strategy name."""
-    name = f"{recipe.name}-{proposal.algorithm}-L{proposal.layer}"
-    anchor = {"threshold": gate.threshold, "unit": gate.unit, "kappa": gate.kappa,
-              **{k: round(v, 4) if isinstance(v, float) else v for k, v in gate.stats.items()}}
-    for neuron in gate.neurons:
-        adapter.add_neuron(proposal.layer, name if neuron.role == "open" else f"{name}:{neuron.role}",
-                           gate=neuron.gate, up=neuron.up, bias=neuron.bias,
-                           direction=neuron.sign * gate.output_scale * proposal.direction, strength=strength,
-                           issue=recipe.name, algorithm=proposal.algorithm,
-                           metadata={"strategy": name, "gate_role": neuron.role, "anchor": anchor,
-                                     **proposal.metadata})
-    return name
-
-
 def add_static(adapter: SteeringAdapter, recipe: Recipe, proposal: Proposal, strength: float) -> None:
     adapter.add_additive(proposal.layer, f"{recipe.name}-{proposal.algorithm}-L{proposal.layer}-static",
                          direction=proposal.direction, strength=strength, issue=recipe.name,
@@ -315,8 +256,6 @@ def _prepare(options: CompileOptions, loaded: LoadedModel | None, log: Callable[
     strength = recipe.defaults.strength if options.strength is None else float(options.strength)
     if not (math.isfinite(strength) and strength > 0):
         raise MasteerError(f"strength must be a positive finite number, got {strength}")
-    if options.algorithm not in available():
-        raise MasteerError(f"unknown algorithm {options.algorithm!r}; available: {', '.join(available())}")
     torch.manual_seed(seed)
     samples = SampleSet.load(options.samples_path) if options.samples_path else build_samples(recipe, seed)
     check_disjoint(samples)
@@ -329,99 +268,6 @@ def _prepare(options: CompileOptions, loaded: LoadedModel | None, log: Callable[
     if bad:
         raise MasteerError(f"candidate layers {bad} are outside the model's 0..{n_layers - 1}")
     return recipe, samples, loaded, layers, seed, strength
-
-
-def compile_recipe(options: CompileOptions, loaded: LoadedModel | None = None,
-                   log: Callable[[str], None] = print) -> CompileResult:
-    """Run the whole compile in memory; :func:`save_result` writes it."""
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-    recipe, samples, loaded, layers, seed, strength = _prepare(options, loaded, log)
-    timings["load"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    train = samples.select(split="train")
-    seqs = fit_sequences(train, anchor_negatives(train, options, loaded, seed, log))
-    acts = capture_activations(options, loaded, seqs, layers, samples, log)
-    timings["capture"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    host_form = host_layout(loaded.model).form
-    fitted = {layer: fit_layer(acts, seqs, layer, options.algorithm, host_form, seed) for layer in layers}
-    timings["fit"] = time.perf_counter() - clock
-
-    # Layer choice on the val split, by what the repair is for: the gated adapter at the requested
-    # strength should make the model refuse val target prompts and leave val neutral prompts alone.
-    # (A teacher-forced log-odds score was tried first and did not rank layers the way generation
-    # does: it is dominated by late completion tokens, while a refusal is decided in the first few.)
-    clock = time.perf_counter()
-    val = {TARGET: samples.select(split="val", label=TARGET), NEUTRAL: samples.select(split="val", label=NEUTRAL)}
-    select = len(layers) > 1
-    if select and not all(val.values()):
-        raise MasteerError("choosing among several layers needs target and neutral samples in the val split")
-    base_val = val_rates(loaded, None, val, options) if select else {}
-    if base_val:
-        log(f"val refusal, base model: target {base_val[TARGET]:.2f} neutral {base_val[NEUTRAL]:.2f}")
-    candidates = []
-    for layer in layers:
-        proposal, gate = fitted[layer]
-        candidate = LayerCandidate(layer=layer, direction_norm=float(proposal.direction.norm()),
-                                   gate_stats=dict(gate.stats))
-        if select:
-            adapter = new_adapter(loaded, samples, recipe)
-            add_gated(adapter, recipe, proposal, gate, strength)
-            rates = val_rates(loaded, adapter, val, options)
-            candidate.val_target_rate, candidate.val_neutral_rate = rates[TARGET], rates[NEUTRAL]
-            candidate.score = candidate.val_target_rate - candidate.val_neutral_rate
-        log(f"layer {layer:>2}: |direction| {candidate.direction_norm:6.1f}  gate train recall "
-            f"{gate.stats['train_recall']:.2f} fpr {gate.stats['train_fpr']:.2f}  val refusal target "
-            f"{candidate.val_target_rate:.2f} neutral {candidate.val_neutral_rate:.2f}")
-        candidates.append(candidate)
-    chosen = max(candidates, key=lambda c: (c.score, -c.val_neutral_rate)).layer if select else layers[0]
-    timings["select"] = time.perf_counter() - clock
-    log(f"chosen layer: {chosen} (strength {strength:g} x the {options.algorithm} direction)")
-
-    proposal, gate = fitted[chosen]
-    adapter = new_adapter(loaded, samples, recipe)
-    add_gated(adapter, recipe, proposal, gate, strength)
-    static = new_adapter(loaded, samples, recipe)
-    add_static(static, recipe, proposal, strength)
-
-    evaluation = None
-    if options.evaluate:
-        clock = time.perf_counter()
-        groups = {g: samples.select(split="test", group=g) for g in recipe.evaluation.groups}
-        missing = [g for g, s in groups.items() if not s]
-        if missing:
-            raise MasteerError(f"{recipe.path}: evaluation groups {missing} have no test samples")
-        max_new_tokens = options.max_new_tokens or recipe.evaluation.max_new_tokens
-        cache = ResultCache()  # the suites below reuse the quick table's generations
-        evaluation = evaluate_refusal(loaded.model, loaded.tokenizer,
-                                      {BASE_ARM: None, STATIC_ARM: static, GATED_ARM: adapter}, groups,
-                                      recipe.evaluation.groups, max_new_tokens=max_new_tokens,
-                                      batch_size=2 * options.batch_size, progress=options.progress, cache=cache)
-        if options.suites:
-            evaluation.suites = evaluate_compile(loaded.model, loaded.tokenizer, samples, recipe.evaluation.groups,
-                                                 {BASE_ARM: None, STATIC_ARM: static, "adaptive": adapter},
-                                                 max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
-                                                 cache=cache, seed=seed, progress=options.progress, log=log)
-            adapter.metrics = card_metrics(evaluation.suites, quick_table=evaluation.table_markdown())
-        else:
-            adapter.metrics = {"table": evaluation.table_rows(),
-                               "note": "Judged refusal rates on held-out test prompts (greedy decoding)."}
-        timings["evaluate"] = time.perf_counter() - clock
-    return CompileResult(recipe=recipe, samples=samples, adapter=adapter, static_adapter=static,
-                         candidates=candidates, chosen_layer=chosen, strength=strength, evaluation=evaluation,
-                         val_base=base_val, timings=timings)
-
-
-def save_result(result: CompileResult, out: str | Path) -> Path:
-    """The adapter folder, with the sample set and the compile report inside it (one atomic write)."""
-    return result.adapter.save(out, extra_files={
-        SAMPLES_NAME: result.samples.to_jsonl(),
-        REPORT_NAME: json.dumps(result.report(), indent=2) + "\n",
-    })
-
 
 
 # --------------------------------------------------------------------------- the library survey

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import masteer.compiler.common.models as models
+import masteer.compiler.measure_autotester as measure_autotester
 import masteer.compiler.pipeline as pipeline
 from masteer.compiler import cli
 from masteer.compiler.samples.recipes import builtin_recipes, load_recipe
@@ -33,6 +34,7 @@ def _tripwire(*args, **kwargs):
 def no_model_loading(monkeypatch):
     monkeypatch.setattr(models, "load_model", _tripwire)
     monkeypatch.setattr(pipeline, "load_model", _tripwire)
+    monkeypatch.setattr(measure_autotester, "load_model", _tripwire)
 
 
 def _invoke(command, args: list[str]):
@@ -236,6 +238,29 @@ def test_an_unknown_single_mode_algorithm_fails_at_once(tmp_path, small_samples)
     assert "'mean_diff'" in line and "mean_difference" in line
 
 
+def test_single_and_adaptive_options_do_not_mix(tmp_path, small_samples):
+    """One compile path, two presets: an option of the other preset is a usage error, not silently ignored."""
+    for mode, extra in (("adaptive", ["--algorithm", "pca"]), ("single", ["--budget", "0.1"]),
+                        ("single", ["--algorithms", "pca"])):
+        result = _invoke(cli.compile_command, ["refusal", "--out", tmp_path / "a", "--samples", small_samples,
+                                               "--mode", mode, *extra])
+        assert "belong" in _assert_clean_error(result, 2)
+    assert not (tmp_path / "a").exists()
+
+
+def test_measure_refuses_an_issue_that_is_not_a_claim_before_loading_a_model(tmp_path):
+    line = _fast_one_line(cli.main, ["measure", "the model gives weapon-making instructions", "--out", tmp_path / "m"])
+    assert "claim issues" in line
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("scales", ["1,x", "0,2", "nan"])
+def test_measure_refuses_bad_scales(tmp_path, scales):
+    result = _invoke(cli.main, ["measure", "when asked whether it is a human, the model claims to be one",
+                                "--out", tmp_path / "m", "--scales", scales])
+    assert "--scales" in _assert_clean_error(result, 2)
+
+
 def test_a_model_folder_without_a_config_fails_at_once(tmp_path, small_samples):
     folder = tmp_path / "my-model"
     folder.mkdir()
@@ -249,7 +274,7 @@ def test_a_model_folder_without_a_config_fails_at_once(tmp_path, small_samples):
 
 
 def test_options_are_checked_where_they_are_made():
-    from masteer.compiler.adaptive_compile import AdaptiveOptions
+    from masteer.compiler.compile import AdaptiveOptions
     from masteer.compiler.pipeline import CompileOptions
     from masteer.runtime.errors import MasteerError
     for bad in ({"layers": (8, -1)}, {"layers": (8, 8)}, {"layers": ()}, {"strength": float("inf")},

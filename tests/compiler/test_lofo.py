@@ -10,7 +10,7 @@ import torch
 
 from tiny_models import byte_tokenizer, tiny_chat_model
 
-from masteer.compiler.adaptive_compile import AdaptiveOptions, compile_program, save_program
+from masteer.compiler.compile import AdaptiveOptions, compile_program, save_program
 from masteer.compiler.lofo import anchor_scores, leave_one_family_out
 from masteer.compiler.common.models import LoadedModel
 from masteer.compiler.pipeline import CompileOptions, fit_sequences
@@ -116,7 +116,7 @@ def test_leave_one_family_out_names_what_is_wrong(shipped, tmp_path):
 def test_a_catch_strategy_is_refitted_without_the_family(small_samples, tmp_path):
     """A program that carries a catch strategy (anchor on the targets' undesired completions) at a layer the
     library did not keep: leave-one-family-out refits its anchor without the family instead of failing."""
-    from masteer.compiler import adaptive_compile, lofo
+    from masteer.compiler import compile as compile_driver, lofo
 
     def prefer_catch(recipe, loaded, val, options):
         return lambda adapter: float(any(s.strategy.endswith("-catch") for s in adapter.strategies))
@@ -124,7 +124,7 @@ def test_a_catch_strategy_is_refitted_without_the_family(small_samples, tmp_path
     loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny-llama")
     options = CompileOptions(layers=(0, 1, 2), samples_path=str(small_samples), progress=False, evaluate=False)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(adaptive_compile, "behaviour_score", prefer_catch)
+        patch.setattr(compile_driver, "behaviour_score", prefer_catch)
         result = compile_program(options, AdaptiveOptions(algorithms=("mean_difference",), keep_layers=1, budget=10.0,
                                                                  catch=True),
                                  loaded=loaded, log=lambda _: None)

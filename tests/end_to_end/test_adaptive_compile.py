@@ -19,8 +19,8 @@ import copy
 import pytest
 import torch
 
-from masteer.compiler import adaptive_compile
-from masteer.compiler.adaptive_compile import (ADAPTIVE_ARM, BASE_ARM, PER_PROMPT_ARM, SINGLE_ARM, STATIC_ARM,
+from masteer.compiler import compile as compile_driver
+from masteer.compiler.compile import (ADAPTIVE_ARM, BASE_ARM, PER_PROMPT_ARM, SINGLE_ARM, STATIC_ARM,
                                                AdaptiveOptions, compile_program, evaluate_program, save_program,
                                                summary_markdown)
 from masteer.compiler.evaluation.gate_report import PROGRAM
@@ -38,7 +38,7 @@ def compiled(tmp_path_factory):
     torch.set_num_threads(2)
     loaded = load_model()
     seen: dict[str, list[str]] = {"capture": []}
-    real_capture = adaptive_compile.capture_activations
+    real_capture = compile_driver.capture_activations
 
     def spy_capture(options, loaded, seqs, *args, **kwargs):
         seen["capture"] += [prompt for prompt, _ in seqs.items]
@@ -48,7 +48,7 @@ def compiled(tmp_path_factory):
     # (README); capture and library time grow with the layer count
     options = CompileOptions(progress=False, layers=LAYERS)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(adaptive_compile, "capture_activations", spy_capture)
+        patch.setattr(compile_driver, "capture_activations", spy_capture)
         result = compile_program(options, AdaptiveOptions(algorithms=ALGORITHMS), loaded=loaded, log=print)
     evaluation = evaluate_program(result, loaded, options, suites=False, log=print)
     out = save_program(result, evaluation, tmp_path_factory.mktemp("compiled") / "refusal")

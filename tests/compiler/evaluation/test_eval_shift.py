@@ -10,7 +10,7 @@ import torch
 
 from tiny_models import byte_tokenizer, random_adapter, tiny_chat_model
 
-from masteer.compiler.adaptive_compile import held_out_breakdowns
+from masteer.compiler.compile import held_out_breakdowns
 from masteer.compiler.samples.builders import build_refusal
 from masteer.compiler.evaluation import EvalReport, SplitOverlapError, check_overlap, evaluate, evaluate_refusal
 from masteer.compiler.evaluation.suites import SHIFT_SUITES, compile_shift_suite, load_suites

@@ -14,7 +14,7 @@ import torch
 from tiny_models import byte_tokenizer, tiny_chat_model  # noqa: E402
 
 from masteer.compiler.capture.activations import encode_prompt  # noqa: E402
-from masteer.compiler.adaptive_compile import AdaptiveOptions, compile_program  # noqa: E402
+from masteer.compiler.compile import AdaptiveOptions, compile_program  # noqa: E402
 from masteer.compiler.evaluation import evaluate_refusal  # noqa: E402
 from masteer.compiler.evaluation.refusal_table import Routed  # noqa: E402
 from masteer.compiler.evaluation.gate_report import OPEN  # noqa: E402
@@ -101,7 +101,7 @@ def test_a_route_to_an_unknown_adapter_is_named():
 def test_the_compile_measures_the_per_prompt_arm_and_the_static_frontier_on_test(small_samples):
     """The whole evaluation on a tiny compile: the table has the per-prompt arm, and the static frontier has
     one row per strength the matching tried, each agreeing with that strength measured on its own."""
-    from masteer.compiler.adaptive_compile import (ADAPTIVE_ARM, PER_PROMPT_ARM, evaluate_program, frontier_markdown,
+    from masteer.compiler.compile import (ADAPTIVE_ARM, PER_PROMPT_ARM, evaluate_program, frontier_markdown,
                                                    summary_markdown)
     torch.set_num_threads(1)
     loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny-llama")

@@ -15,7 +15,7 @@ from tiny_models import byte_tokenizer, tiny_chat_model  # noqa: E402
 
 from masteer.compiler.capture.activations import encode_prompt  # noqa: E402
 from masteer.compiler.program.search import MIN_COVERAGE_GAIN  # noqa: E402
-from masteer.compiler.adaptive_compile import AdaptiveOptions, compile_program  # noqa: E402
+from masteer.compiler.compile import AdaptiveOptions, compile_program  # noqa: E402
 from masteer.compiler.program.applicability import Applicability  # noqa: E402
 from masteer.compiler.evaluation.gate_report import OPEN, PROGRAM, gate_reports  # noqa: E402
 from masteer.compiler.common.models import LoadedModel  # noqa: E402
@@ -92,7 +92,7 @@ def test_the_program_starts_from_the_best_single_gated_strategy(compiled):
 def test_a_behaviour_score_picks_the_start_strategy_and_its_anchor(small_samples, monkeypatch):
     """Where the recipe has its own behaviour score (refusal: judged val answers), it, not the val
     log-odds, picks the first strategy, trying each candidate's specialised and base anchor."""
-    from masteer.compiler import adaptive_compile
+    from masteer.compiler import compile as compile_driver
     scored = []
 
     def fake_score(recipe, loaded, val, options):
@@ -101,7 +101,7 @@ def test_a_behaviour_score_picks_the_start_strategy_and_its_anchor(small_samples
                 scored.append(adapter.strategies[0].strategy)
             return 1.0 if "pca" in adapter.strategies[0].strategy else 0.0
         return score
-    monkeypatch.setattr(adaptive_compile, "behaviour_score", fake_score)
+    monkeypatch.setattr(compile_driver, "behaviour_score", fake_score)
     _, result = run(small_samples)
     search = result.search
     assert result.program.names[0] == search.steps[0]["chosen"] == f"refusal-pca-L{_layer(result, 'pca')}"
@@ -263,12 +263,12 @@ def test_inspect_prints_every_token_and_returns_the_runtime_openings(compiled, t
 
 
 def test_adding_an_issue_keeps_every_old_strategy_bit_for_bit(compiled, small_samples, tmp_path, monkeypatch):
-    from masteer.compiler.adaptive_compile import add_issue
+    from masteer.compiler.compile import add_issue
     from masteer.compiler.samples.recipes import builtin_recipes
     from masteer.runtime import SteeringAdapter
     from dataclasses import replace
 
-    from masteer.compiler import adaptive_compile
+    from masteer.compiler import compile as compile_driver
     from masteer.compiler.samples.sample_set import NEUTRAL, TARGET, SampleSet
     loaded, result = compiled
     old_dir = tmp_path / "old"
@@ -279,12 +279,12 @@ def test_adding_an_issue_keeps_every_old_strategy_bit_for_bit(compiled, small_sa
                             meta=result.samples.meta)
     result.adapter.save(old_dir, extra_files={"samples.jsonl": old_samples.to_jsonl()})
     fitted_on = []
-    real_fit_sequences = adaptive_compile.fit_sequences
+    real_fit_sequences = compile_driver.fit_sequences
 
     def spy(samples, *args, **kwargs):
         fitted_on.extend(samples)
         return real_fit_sequences(samples, *args, **kwargs)
-    monkeypatch.setattr(adaptive_compile, "fit_sequences", spy)
+    monkeypatch.setattr(compile_driver, "fit_sequences", spy)
     second = tmp_path / "second.toml"
     second.write_text(builtin_recipes()["refusal"].read_text().replace('name = "refusal"', 'name = "second"', 1))
     options = CompileOptions(recipe=str(second), layers=(0, 1, 2), samples_path=str(small_samples), progress=False,
@@ -309,7 +309,7 @@ def test_adding_an_issue_keeps_every_old_strategy_bit_for_bit(compiled, small_sa
     assert [x.prompt for x in shut] == [only_old.prompt]
     assert shut[0].label == NEUTRAL and shut[0].split == "train" and shut[0].positive is None
     # the held-out tables: the new issue by base / previous / merged, the earlier one with its cross-talk check
-    from masteer.compiler.adaptive_compile import cross_talk_markdown, evaluate_added
+    from masteer.compiler.compile import cross_talk_markdown, evaluate_added
     tables = evaluate_added(added, loaded, CompileOptions(max_new_tokens=2, progress=False))
     assert set(tables) == {"second", "refusal"} and "cross_talk" not in tables["second"]
     rows = tables["refusal"]["cross_talk"]   # (both sample sets here come from the refusal builder)
@@ -324,7 +324,7 @@ def test_adding_an_issue_keeps_every_old_strategy_bit_for_bit(compiled, small_sa
 
 
 def test_other_issues_prompts_become_training_neutrals_except_where_this_compile_uses_them():
-    from masteer.compiler.adaptive_compile import shut_on
+    from masteer.compiler.compile import shut_on
     from masteer.compiler.samples.sample_set import NEUTRAL, TARGET, Sample
     mine = SampleSet("issue", "new", [Sample(id="m", prompt="Shared   PROMPT", label=NEUTRAL, split="test")])
     others = [Sample(id="o1", prompt="shared prompt", label=TARGET, split="train", positive="No.", negative="Yes."),
@@ -336,7 +336,7 @@ def test_other_issues_prompts_become_training_neutrals_except_where_this_compile
 
 
 def test_adding_to_an_adapter_for_another_model_names_both(compiled, small_samples, tmp_path):
-    from masteer.compiler.adaptive_compile import add_issue
+    from masteer.compiler.compile import add_issue
     from masteer.runtime.errors import FingerprintMismatch
     _, result = compiled
     result.adapter.save(tmp_path / "old")
@@ -347,7 +347,7 @@ def test_adding_to_an_adapter_for_another_model_names_both(compiled, small_sampl
 
 
 def test_default_algorithms_are_the_gateable_ones_and_all_means_every_one():
-    from masteer.compiler.adaptive_compile import UNGATED_ALGORITHMS, check_adaptive_options, program_algorithms
+    from masteer.compiler.compile import UNGATED_ALGORITHMS, check_adaptive_options, program_algorithms
     from masteer.compiler.strategies.algorithms import available
     default = program_algorithms(AdaptiveOptions())
     assert set(default) == set(available()) - set(UNGATED_ALGORITHMS) and "mean_difference" in default
@@ -362,7 +362,7 @@ def test_default_algorithms_are_the_gateable_ones_and_all_means_every_one():
 def test_static_match_bisects_to_within_five_points_of_the_program(monkeypatch):
     """The coarse multiples bracket the program's val refusal; bisection then matches it (issue: compare
     static and adaptive at matched target effect, not at whatever the grid offers)."""
-    from masteer.compiler import adaptive_compile
+    from masteer.compiler import compile as compile_driver
     from masteer.compiler.strategies.algorithms import Proposal
     from masteer.compiler.samples.sample_set import TARGET
     from masteer.runtime import SteeringAdapter
@@ -370,26 +370,26 @@ def test_static_match_bisects_to_within_five_points_of_the_program(monkeypatch):
 
     def fake_rates(loaded, adapter, groups, options):   # refusal grows linearly with strength: 0.3 per unit
         return {TARGET: min(1.0, 0.3 * adapter.strategies[0].strength)}
-    monkeypatch.setattr(adaptive_compile, "val_rates", fake_rates)
+    monkeypatch.setattr(compile_driver, "val_rates", fake_rates)
     proposal = Proposal(algorithm="mean_difference", layer=0, direction=torch.ones(4))
-    _, match = adaptive_compile.match_static(None, base, proposal, 0.72, {TARGET: []}, None, 2.0, lambda _: None)
+    _, match = compile_driver.match_static(None, base, proposal, 0.72, {TARGET: []}, None, 2.0, lambda _: None)
     assert [t["strength"] for t in match["tried"]][:4] == [0.5, 1.0, 1.5, 2.0]   # multiples of 2, then bisection
     assert match["matched"] and abs(match["chosen_val_target_refusal"] - 0.72) <= 0.05, match
-    assert len(match["tried"]) <= len(adaptive_compile.STATIC_MULTIPLES) + adaptive_compile.MATCH_BISECTIONS
+    assert len(match["tried"]) <= len(compile_driver.STATIC_MULTIPLES) + compile_driver.MATCH_BISECTIONS
     # a target no strength reaches: the strongest is kept, and it says it is not matched
-    _, match = adaptive_compile.match_static(None, base, proposal, 1.5, {TARGET: []}, None, 2.0, lambda _: None)
+    _, match = compile_driver.match_static(None, base, proposal, 1.5, {TARGET: []}, None, 2.0, lambda _: None)
     assert not match["matched"] and match["chosen_strength"] == 4.0
 
 
 def test_an_addition_that_opens_the_program_on_too_many_neutral_prompts_is_refused(small_samples, monkeypatch):
     from masteer.compiler.program import search as adaptive_module
-    from masteer.compiler import adaptive_compile
+    from masteer.compiler import compile as compile_driver
     calls = []
 
     def fake_share(last):   # the start opens on 2% of val neutral prompts, every larger program on 20%
         calls.append(len(last))
         return 0.02 if len(last) == 1 else 0.20
-    monkeypatch.setattr(adaptive_compile, "open_share", fake_share)
+    monkeypatch.setattr(compile_driver, "open_share", fake_share)
     monkeypatch.setattr(adaptive_module, "MIN_COVERAGE_GAIN", -1.0)   # let coverage accept any addition
     _, result = run(small_samples)
     steps = result.search.steps
@@ -400,7 +400,7 @@ def test_an_addition_that_opens_the_program_on_too_many_neutral_prompts_is_refus
 
 def _prefer_catch(monkeypatch, calls=None):
     """A behaviour score that rewards a program carrying a catch strategy (a random model refuses nothing)."""
-    from masteer.compiler import adaptive_compile
+    from masteer.compiler import compile as compile_driver
 
     def fake_score(recipe, loaded, val, options):
         def score(adapter):
@@ -409,7 +409,7 @@ def _prefer_catch(monkeypatch, calls=None):
                 calls.append(names)
             return float(any(n.endswith("-catch") for n in names))
         return score
-    monkeypatch.setattr(adaptive_compile, "behaviour_score", fake_score)
+    monkeypatch.setattr(compile_driver, "behaviour_score", fake_score)
 
 
 def test_a_catch_strategy_that_raises_the_behaviour_score_joins_the_program(small_samples, monkeypatch):
@@ -441,9 +441,9 @@ def test_the_catch_step_is_opt_in(small_samples, monkeypatch):
 
 
 def test_a_catch_strategy_that_opens_on_neutral_prompt_ends_is_refused(small_samples, monkeypatch):
-    from masteer.compiler import adaptive_compile
+    from masteer.compiler import compile as compile_driver
     _prefer_catch(monkeypatch)
-    monkeypatch.setattr(adaptive_compile, "open_share", lambda last: 0.02 if len(last) == 1 else 0.20)
+    monkeypatch.setattr(compile_driver, "open_share", lambda last: 0.02 if len(last) == 1 else 0.20)
     _, result = run(small_samples, catch=True)
     assert not any(s.name.endswith("-catch") for s in result.program.strategies)
     step = result.search.steps[-1]

@@ -23,7 +23,9 @@ from masteer.compiler.samples.autotester.retriever import retrieve, similarities
 from masteer.compiler.samples.backends.base import ChatBackend  # noqa: E402
 from masteer.compiler.samples.builders import resolve_recipe  # noqa: E402
 from masteer.compiler.common.models import LoadedModel  # noqa: E402
-from masteer.compiler.pipeline import CompileOptions, check_disjoint, compile_recipe  # noqa: E402
+from masteer.compiler.compile import compile_program  # noqa: E402
+from masteer.compiler.pipeline import CompileOptions, check_disjoint  # noqa: E402
+from masteer.compiler.program.single_strategy import SingleStrategy  # noqa: E402
 from masteer.compiler.samples.recipes import builtin_recipes, load_recipe  # noqa: E402
 from masteer.compiler.samples.rewrites import FAMILIES
 from masteer.compiler.samples.sample_set import NEUTRAL, TARGET, SampleSet, prompt_key  # noqa: E402
@@ -287,6 +289,6 @@ def test_compile_accepts_free_text_and_its_sample_set(tmp_path):
     loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny-llama")
     options = CompileOptions(recipe=HUMAN, layers=(1,), strength=1.0, samples_path=str(path), evaluate=False,
                              progress=False)
-    result = compile_recipe(options, loaded=loaded, log=lambda line: None)
+    result = compile_program(options, SingleStrategy(), loaded=loaded, log=lambda line: None)
     assert result.recipe.name == "issue-whether-human-claim" and result.chosen_layer == 1
     assert result.adapter.layers == [1] or list(result.adapter.layers) == [1]

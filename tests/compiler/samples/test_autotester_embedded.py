@@ -16,7 +16,9 @@ from masteer.compiler.measure_autotester import preference_and_drift
 from masteer.compiler.samples.autotester.pipeline import AutoTesterOptions, run_autotester
 from masteer.compiler.samples.backends.local import LocalBackend
 from masteer.compiler.common.models import EMBEDDED_NAME, load_model
-from masteer.compiler.pipeline import CompileOptions, compile_recipe
+from masteer.compiler.compile import compile_program
+from masteer.compiler.pipeline import CompileOptions
+from masteer.compiler.program.single_strategy import SingleStrategy
 from masteer.compiler.samples.sample_set import NEUTRAL, TARGET
 from masteer.compiler.strategies.scoring import next_token_logprobs
 
@@ -58,7 +60,7 @@ def test_the_local_writer_builds_a_reviewed_set_with_llm_provenance(built):
 def test_a_compile_from_that_set_alone_moves_the_held_out_preference(loaded, built):
     result, path = built
     options = CompileOptions(recipe=ISSUE, samples_path=str(path), evaluate=False, progress=False)
-    compiled = compile_recipe(options, loaded=loaded, log=lambda line: None)
+    compiled = compile_program(options, SingleStrategy(), loaded=loaded, log=lambda line: None)
     assert compiled.chosen_layer == FREE_TEXT_LAYERS[0] and compiled.strength == FREE_TEXT_STRENGTH
     samples = result.samples
     targets, neutrals = samples.select(split="test", label=TARGET), samples.select(split="test", label=NEUTRAL)

@@ -1,4 +1,14 @@
-"""The adaptive compile: recipe -> samples -> one capture -> library -> anchors -> program -> adapter -> report.
+"""The compile: recipe -> samples -> one capture -> strategies -> anchors -> program -> adapter -> report.
+
+Every compile, from ``masteer-compile`` or from Python, is :func:`compile_program` (in memory),
+:func:`evaluate_program` and :func:`save_program`; :func:`run_compile` does the three. What differs between
+compiles is the *preset* that builds the program:
+
+- ``AdaptiveOptions`` (the default): the algorithm library on one capture, calibrated, then the program
+  search (``program.search``) over anchored candidates;
+- ``SingleStrategy`` (``--mode single``): one algorithm at each candidate layer behind its base anchor, the
+  layer chosen by val behaviour (``program.single_strategy``); its static arm is the same direction always on
+  at the same strength, and its evaluation is the refusal table and the suites only (the cheap preset).
 
 Held-out discipline, by split: ``train`` fits directions and anchors, ``val`` ranks layers,
 calibrates strengths, scores applicability, chooses the program and matches the static baseline,
@@ -40,8 +50,9 @@ from .program.search import Candidate, ProgramContext, SearchRecord, applicabili
 from .program.applicability import score_adapter
 from .evaluation.gate_report import gate_reports, open_share, prompt_openings
 from .common.models import LoadedModel, load_model
-from .pipeline import (CompileOptions, _prepare, anchor_negatives, capture_activations, check_output_folder,
-                       fit_sequences, new_adapter, val_rates)
+from .pipeline import (REPORT_NAME, SAMPLES_NAME, CompileOptions, _prepare, add_static, anchor_negatives,
+                       capture_activations, check_output_folder, fit_layer, fit_sequences, new_adapter, val_rates)
+from .program.single_strategy import LayerCandidate, SingleStrategy, single_program
 from .program.steering_program import Program, lower
 from .samples.recipes import Recipe
 from .evaluation.prompt_decision import BASE_ROUTE
@@ -78,14 +89,17 @@ class AdaptiveOptions:
         check_adaptive_options(self)
 
 
+ADAPTIVE_PRESET, SINGLE_PRESET = "adaptive", "single"
+
+
 @dataclass
 class ProgramCompile:
-    """Everything an adaptive compile produced, stage by stage (saved beside the adapter)."""
+    """Everything a compile produced, stage by stage (saved beside the adapter)."""
     recipe: Recipe
     samples: SampleSet
     library: list[StrategyRow]
     program: Program
-    search: SearchRecord
+    search: SearchRecord | None                  # the program search's record (adaptive preset)
     adapter: SteeringAdapter
     single: SteeringAdapter
     static: SteeringAdapter | None
@@ -93,13 +107,30 @@ class ProgramCompile:
     timings: dict[str, float] = field(default_factory=dict)
     loaded: LoadedModel | None = field(default=None, repr=False)   # the model it was compiled on (not saved)
     layers: tuple[int, ...] = ()                                    # the candidate layers captured
+    preset: str = ADAPTIVE_PRESET
+    seed: int = 0
+    strength: float = float("nan")               # the recipe's (or --strength) strength the program started from
+    candidates: list[LayerCandidate] = field(default_factory=list)  # every layer's numbers (single preset)
+    val_base: dict[str, float] = field(default_factory=dict)        # base val rates by label (single preset)
+
+    @property
+    def chosen_layer(self) -> int:
+        """The first strategy's layer (the single preset's chosen layer)."""
+        return self.program.strategies[0].layer
 
     def report(self) -> dict:
-        return {"recipe": self.recipe.name, "issue": self.recipe.issue, "layers": list(self.layers),
-                "samples": {"hash": self.samples.content_hash, "counts": self.samples.summary()},
-                "library": [r.to_dict() for r in self.library], "program": self.program.summary(),
-                "search": asdict(self.search), "static_match": self.static_match,
-                "timings_s": {k: round(v, 1) for k, v in self.timings.items()}}
+        report = {"recipe": self.recipe.name, "issue": self.recipe.issue, "preset": self.preset,
+                  "base_model": self.adapter.base_model_name_or_path, "fingerprint": self.adapter.fingerprint.digest,
+                  "layers": list(self.layers), "strength": self.strength,
+                  "samples": {"hash": self.samples.content_hash, "counts": self.samples.summary()},
+                  "library": [r.to_dict() for r in self.library], "program": self.program.summary(),
+                  "search": asdict(self.search) if self.search is not None else None,
+                  "static_match": self.static_match,
+                  "timings_s": {k: round(v, 1) for k, v in self.timings.items()}}
+        if self.preset == SINGLE_PRESET:
+            report.update(chosen_layer=self.chosen_layer, val_base=self.val_base,
+                          candidates=[asdict(c) for c in self.candidates])
+        return report
 
 
 def catch_pool(rows: Sequence[StrategyRow], proposals: dict, recipe: Recipe, strength: float) -> list[Candidate]:
@@ -225,12 +256,19 @@ def check_adaptive_options(adaptive: AdaptiveOptions) -> None:
         raise MasteerError(f"unknown algorithm(s) {', '.join(unknown)}; available: {', '.join(available())}")
 
 
-def compile_program(options: CompileOptions, adaptive: AdaptiveOptions | None = None,
+def compile_program(options: CompileOptions, preset: AdaptiveOptions | SingleStrategy | None = None,
                     loaded: LoadedModel | None = None, log: Callable[[str], None] = print,
                     others: Sequence[Sample] = ()) -> ProgramCompile:
-    """Run the adaptive compile in memory (module docstring). ``others``: other issues' samples, whose
-    prompts this compile's anchors learn to stay shut on (multi-issue adapters, ``--add-to``)."""
-    adaptive = adaptive or AdaptiveOptions()
+    """Run the compile in memory with ``preset`` building the program (module docstring; default: adaptive).
+    ``others``: other issues' samples, whose prompts this compile's anchors learn to stay shut on (multi-issue
+    adapters, ``--add-to``; adaptive preset only)."""
+    if isinstance(preset, SingleStrategy):
+        if others:
+            raise MasteerError("adding an issue to an adapter (--add-to) needs the adaptive preset")
+        return _compile_single(options, preset, loaded, log)
+    if preset is not None and not isinstance(preset, AdaptiveOptions):
+        raise MasteerError(f"a compile preset is AdaptiveOptions or SingleStrategy, got {type(preset).__name__}")
+    adaptive = preset or AdaptiveOptions()
     check_adaptive_options(adaptive)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -292,7 +330,51 @@ def compile_program(options: CompileOptions, adaptive: AdaptiveOptions | None = 
     timings["static_match"] = time.perf_counter() - clock
     return ProgramCompile(recipe=recipe, samples=samples, library=rows, program=program, search=search,
                           adapter=adapter, single=single, static=static, static_match=match, timings=timings,
-                          loaded=loaded, layers=tuple(layers))
+                          loaded=loaded, layers=tuple(layers), preset=ADAPTIVE_PRESET, seed=seed, strength=strength)
+
+
+def _compile_single(options: CompileOptions, preset: SingleStrategy, loaded: LoadedModel | None,
+                    log: Callable[[str], None]) -> ProgramCompile:
+    """The single-strategy preset (``program.single_strategy``): one capture of the train split, the preset's
+    algorithm and base anchor at every candidate layer, the layer chosen on val by judged refusal rates."""
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    recipe, samples, loaded, layers, seed, strength = _prepare(options, loaded, log)
+    timings["load"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    train = samples.select(split="train")
+    seqs = fit_sequences(train, anchor_negatives(train, options, loaded, seed, log))
+    acts = capture_activations(options, loaded, seqs, layers, samples, log)
+    timings["capture"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    host_form = host_layout(loaded.model).form
+    fitted = {layer: fit_layer(acts, seqs, layer, preset.algorithm, host_form, seed) for layer in layers}
+    timings["fit"] = time.perf_counter() - clock
+
+    # The layer is chosen by what the repair is for: the gated strategy should make the model refuse val target
+    # prompts and leave val neutral prompts alone (a teacher-forced log-odds score did not rank layers the way
+    # generation does: it is dominated by late completion tokens, while a refusal is decided in the first few).
+    clock = time.perf_counter()
+    val = {TARGET: samples.select(split="val", label=TARGET), NEUTRAL: samples.select(split="val", label=NEUTRAL)}
+
+    def layer_rates(adapter: SteeringAdapter) -> tuple[float, float]:
+        measured = val_rates(loaded, adapter, val, options)
+        return measured[TARGET], measured[NEUTRAL]
+    base_val = val_rates(loaded, None, val, options) if len(layers) > 1 else {}
+    if base_val:
+        log(f"val refusal, base model: target {base_val[TARGET]:.2f} neutral {base_val[NEUTRAL]:.2f}")
+    program, candidates = single_program(recipe.name, fitted, strength, lambda: new_adapter(loaded, samples, recipe),
+                                         layer_rates if len(layers) > 1 else None, log)
+    adapter = lower(program, new_adapter(loaded, samples, recipe))
+    static = new_adapter(loaded, samples, recipe)
+    add_static(static, recipe, fitted[program.strategies[0].layer][0], strength)
+    timings["program"] = time.perf_counter() - clock
+    return ProgramCompile(recipe=recipe, samples=samples, library=[], program=program, search=None, adapter=adapter,
+                          single=adapter, static=static, timings=timings, loaded=loaded, layers=tuple(layers),
+                          preset=SINGLE_PRESET, seed=seed, strength=strength, candidates=candidates,
+                          val_base=base_val)
 
 
 @dataclass
@@ -374,7 +456,8 @@ def program_arms(result: ProgramCompile) -> dict[str, SteeringAdapter | None]:
     arms = {BASE_ARM: None}
     if result.static is not None:
         arms[STATIC_ARM] = result.static
-    arms[SINGLE_ARM] = result.single
+    if result.preset == ADAPTIVE_PRESET:   # in the single preset the program is its single strategy
+        arms[SINGLE_ARM] = result.single
     arms[ADAPTIVE_ARM] = result.adapter
     return arms
 
@@ -459,12 +542,15 @@ def frontier_markdown(rows: Sequence[dict]) -> str:
 
 
 def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: CompileOptions, suites: bool = True,
-                     log: Callable[[str], None] = print, frontier: bool = True) -> ProgramEvaluation:
-    """Every arm on the test split: judged refusal per recipe group (with the program decided per prompt
-    beside it), teacher-forced effect and KL, gate reports, the static frontier (``frontier``); then
-    (``suites``) the evaluation suites with bootstrap intervals for base, static, adaptive."""
+                     log: Callable[[str], None] = print, frontier: bool = True,
+                     detail: bool | None = None) -> ProgramEvaluation:
+    """Every arm on the test split: judged refusal per recipe group; with ``detail`` (default: the adaptive
+    preset) also the program decided per prompt beside it, fluency, teacher-forced effect and KL, gate reports
+    and the static frontier (``frontier``); then (``suites``) the evaluation suites with bootstrap intervals for
+    base, static, adaptive."""
     from .evaluation import ResultCache, evaluate_compile, evaluate_refusal
     from .evaluation.prompt_decision import decided_per_prompt
+    detail = result.preset == ADAPTIVE_PRESET if detail is None else detail
     recipe, samples = result.recipe, result.samples
     groups = {g: samples.select(split="test", group=g) for g in recipe.evaluation.groups}
     missing = [g for g, s in groups.items() if not s]
@@ -474,36 +560,41 @@ def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: Compi
     arms: dict = program_arms(result)
     timings: dict[str, float] = {}
     cache = ResultCache()
+    fluent, forced, rows, gates, breakdowns, open_refusal = {}, {}, [], [], {}, {}
     with timed(timings, "refusal_table"):
-        test_prompts = [s.prompt for g in groups.values() for s in g]
-        arms[PER_PROMPT_ARM] = decided_per_prompt(loaded.model, loaded.tokenizer, result.program, result.adapter,
-                                                  test_prompts, options.batch_size)
+        if detail:
+            test_prompts = [s.prompt for g in groups.values() for s in g]
+            arms[PER_PROMPT_ARM] = decided_per_prompt(loaded.model, loaded.tokenizer, result.program, result.adapter,
+                                                      test_prompts, options.batch_size)
         refusal = evaluate_refusal(loaded.model, loaded.tokenizer, arms, groups, recipe.evaluation.groups,
                                    max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
                                    progress=options.progress, cache=cache)
-        open_at_end = {p: key != BASE_ROUTE for p, key in arms[PER_PROMPT_ARM].route.items()}
-        breakdowns, open_refusal = held_out_breakdowns(refusal, [s for g in groups.values() for s in g], open_at_end)
-    with timed(timings, "fluency"):
-        fluent = answer_fluency(loaded, refusal, groups, options.batch_size)
-    with timed(timings, "teacher_forced"):
-        forced = teacher_forced_table(loaded, samples, arms, options.batch_size, options.progress)
-    rows = []
-    if frontier:
-        with timed(timings, "static_frontier"):
-            rows = static_frontier(result, loaded, groups, recipe.evaluation.groups, max_new_tokens, options, cache)
-    with timed(timings, "gate_report"):
-        targets = [s.prompt for s in as_written(samples.select(split="test", label=TARGET))]
-        neutrals = [s.prompt for s in as_written(samples.select(split="test", label=NEUTRAL))]
-        gates = [r.to_dict() for r in gate_reports(loaded.model, loaded.tokenizer, result.adapter, targets, neutrals,
-                                                   max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
-                                                   progress=options.progress)]
+        if detail:
+            open_at_end = {p: key != BASE_ROUTE for p, key in arms[PER_PROMPT_ARM].route.items()}
+            breakdowns, open_refusal = held_out_breakdowns(refusal, [s for g in groups.values() for s in g],
+                                                           open_at_end)
+    if detail:
+        with timed(timings, "fluency"):
+            fluent = answer_fluency(loaded, refusal, groups, options.batch_size)
+        with timed(timings, "teacher_forced"):
+            forced = teacher_forced_table(loaded, samples, arms, options.batch_size, options.progress)
+        if frontier:
+            with timed(timings, "static_frontier"):
+                rows = static_frontier(result, loaded, groups, recipe.evaluation.groups, max_new_tokens, options,
+                                       cache)
+        with timed(timings, "gate_report"):
+            targets = [s.prompt for s in as_written(samples.select(split="test", label=TARGET))]
+            neutrals = [s.prompt for s in as_written(samples.select(split="test", label=NEUTRAL))]
+            gates = [r.to_dict() for r in gate_reports(loaded.model, loaded.tokenizer, result.adapter, targets,
+                                                       neutrals, max_new_tokens=max_new_tokens,
+                                                       batch_size=2 * options.batch_size, progress=options.progress)]
     report = None
     if suites:
         with timed(timings, "suites"):
             chosen = {k: v for k, v in arms.items() if k in (BASE_ARM, STATIC_ARM, ADAPTIVE_ARM)}
             report = evaluate_compile(loaded.model, loaded.tokenizer, samples, recipe.evaluation.groups, chosen,
                                       max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size, cache=cache,
-                                      progress=options.progress, log=log)
+                                      seed=result.seed, progress=options.progress, log=log)
     return ProgramEvaluation(refusal=refusal, teacher_forced=forced, gates=gates, suites=report, frontier=rows,
                              timings=timings, breakdowns=breakdowns, open_refusal=open_refusal, fluency=fluent)
 
@@ -547,9 +638,6 @@ def held_out_breakdowns(refusal, samples: Sequence[Sample], open_at_end: dict[st
 
 
 # --------------------------------------------------------------------------- output
-REPORT_NAME = "compile_report.json"
-SAMPLES_NAME = "samples.jsonl"
-
 
 def forced_markdown(table: dict[str, dict[str, float]]) -> str:
     if not table:
@@ -562,8 +650,15 @@ def forced_markdown(table: dict[str, dict[str, float]]) -> str:
 
 def summary_markdown(result: ProgramCompile, evaluation: ProgramEvaluation | None) -> str:
     """What the compile prints: the program, then every measured table."""
-    lines = ["Program (" + result.program.selection + " selection):"]
+    lines = [f"Program ({result.preset} preset, {result.program.selection} selection):"]
     lines += [f"- {s.name}: {s.algorithm} at layer {s.layer}, strength {s.strength:g}" for s in result.program.strategies]
+    if result.candidates and not math.isnan(result.candidates[0].score):
+        lines.append("Layers on val (judged refusal, gated strategy): " + "; ".join(
+            f"L{c.layer} target {c.val_target_rate:.2f} neutral {c.val_neutral_rate:.2f}" for c in result.candidates)
+            + (f"; base target {result.val_base[TARGET]:.2f} neutral {result.val_base[NEUTRAL]:.2f}"
+               if result.val_base else ""))
+    if result.preset == SINGLE_PRESET and result.static is not None:
+        lines.append(f"Static baseline: the same direction always on at strength {result.strength:g}")
     if result.static_match:
         lines.append(f"Static baseline: {result.static_match['strategy']} always on at strength "
                      f"{result.static_match['chosen_strength']:g} (val target refusal "
@@ -675,17 +770,19 @@ def held_out_directions(samples: SampleSet) -> dict[str, str]:
     return directions
 
 
-def run_adaptive(options: CompileOptions, adaptive: AdaptiveOptions, out: str | Path,
-                 add_to: str | Path | None = None, log: Callable[[str], None] = print) -> tuple[Path, str]:
-    """What ``masteer-compile --mode adaptive`` does: compile (or add to an adapter), measure, save, summarise."""
+def run_compile(options: CompileOptions, preset: AdaptiveOptions | SingleStrategy | None, out: str | Path,
+                add_to: str | Path | None = None, log: Callable[[str], None] = print) -> tuple[Path, str]:
+    """What ``masteer-compile`` does, in either preset: compile (or add to an adapter), measure, save, summarise."""
     check_output_folder(out)
+    if add_to is not None and isinstance(preset, SingleStrategy):
+        raise MasteerError("adding an issue to an adapter (--add-to) needs the adaptive preset")
     if add_to is None:
-        result = compile_program(options, adaptive, log=log)
+        result = compile_program(options, preset, log=log)
         loaded = result.loaded
         evaluation = evaluate_program(result, loaded, options, suites=options.suites, log=log) \
             if options.evaluate else None
         return save_program(result, evaluation, out), summary_markdown(result, evaluation)
-    added = add_issue(options, add_to, adaptive, log=log)
+    added = add_issue(options, add_to, preset, log=log)
     tables = evaluate_added(added, added.compiled.loaded, options) if options.evaluate else {}
     path = save_program(added.compiled, None, out, previous_dir=add_to, adapter=added.merged,
                         extra_report={"added_to": str(add_to), "tables": {

@@ -1,4 +1,5 @@
-"""The whole compile on a tiny random model: stages, held-out discipline, saved folder, errors.
+"""The whole compile with the single-strategy preset on a tiny random model: stages, held-out discipline,
+saved folder, errors.
 
 A random model cannot show that steering works (the embedded end-to-end tests do); these tests
 check the mechanics every compile relies on, in seconds.
@@ -15,8 +16,9 @@ import torch
 from tiny_models import byte_tokenizer, tiny_chat_model  # noqa: E402
 
 from masteer.compiler.common.models import LoadedModel  # noqa: E402
-from masteer.compiler.pipeline import (REPORT_NAME, SAMPLES_NAME, CompileOptions, check_disjoint, compile_recipe,
-                                       save_result)
+from masteer.compiler.compile import compile_program, evaluate_program, save_program, summary_markdown
+from masteer.compiler.pipeline import REPORT_NAME, SAMPLES_NAME, CompileOptions, check_disjoint
+from masteer.compiler.program.single_strategy import SingleStrategy
 from masteer.compiler.samples.sample_set import SampleSet  # noqa: E402
 from masteer.runtime import SteeredModel, SteeringAdapter, bake  # noqa: E402
 from masteer.runtime.errors import MasteerError  # noqa: E402
@@ -30,11 +32,13 @@ def compiled(request, small_samples):
     options = CompileOptions(recipe="refusal", layers=(0, 2), strength=1.0, samples_path=str(small_samples),
                              max_new_tokens=3, progress=False)
     lines: list[str] = []
-    return loaded, compile_recipe(options, loaded=loaded, log=lines.append), lines
+    result = compile_program(options, SingleStrategy(), loaded=loaded, log=lines.append)
+    evaluation = evaluate_program(result, loaded, options, suites=False, log=lines.append)
+    return loaded, result, evaluation, lines
 
 
 def test_compile_ranks_every_candidate_layer_and_keeps_the_best(compiled):
-    _, result, lines = compiled
+    _, result, _, lines = compiled
     assert [c.layer for c in result.candidates] == [0, 2]
     scores = {c.layer: c.score for c in result.candidates}
     assert all(torch.isfinite(torch.tensor(v)) for v in scores.values())
@@ -43,7 +47,7 @@ def test_compile_ranks_every_candidate_layer_and_keeps_the_best(compiled):
 
 
 def test_adapter_is_one_ramp_strategy_on_the_chosen_layer(compiled):
-    _, result, _ = compiled
+    _, result, evaluation, _ = compiled
     adapter = result.adapter
     assert adapter.layers == [result.chosen_layer]
     roles = sorted(s.metadata["gate_role"] for s in adapter.strategies)
@@ -51,32 +55,37 @@ def test_adapter_is_one_ramp_strategy_on_the_chosen_layer(compiled):
     directions = adapter.tensors[f"layers.{result.chosen_layer}.neuron.direction"]
     # the cap neuron writes the negated direction: together they clamp the gate to [0, 1]
     assert torch.allclose(directions[0], -directions[1])
-    assert result.static_adapter.strategies[0].kind == "additive"
+    assert [s.kind for s in result.static.strategies] == ["additive"]
+    assert torch.equal(result.static.tensors[f"layers.{result.chosen_layer}.additive.direction"][0],
+                       result.program.strategies[0].direction)
+    assert len(result.program.strategies) == 1 and result.preset == "single" and result.search is None
     assert adapter.provenance["samples_hash"] == result.samples.content_hash
 
 
 def test_evaluation_covers_every_recipe_group_for_every_arm(compiled):
-    _, result, _ = compiled
-    evaluation = result.evaluation
-    assert evaluation.arms == ["base", "static", "gated"]
+    _, result, evaluation, _ = compiled
+    assert evaluation.teacher_forced == {} and evaluation.gates == []   # the cheap preset: the table only
+    evaluation = evaluation.refusal
+    assert evaluation.arms == ["base", "static", "adaptive"]
     groups = {g.group: g for g in evaluation.groups}
     assert set(groups) == set(result.recipe.evaluation.groups)
     for g in groups.values():
         assert g.n == len(result.samples.select(split="test", group=g.group)) > 0
-        assert set(g.rates) == {"base", "static", "gated"}
+        assert set(g.rates) == {"base", "static", "adaptive"}
         assert all(0.0 <= r <= 1.0 for r in g.rates.values())
     assert evaluation.settings["max_new_tokens"] == 3
-    assert "| held-out group |" in result.table()
-    pooled = evaluation.pooled("same", "gated")
+    table = summary_markdown(result, compiled[2])
+    assert "| held-out group |" in table and "single preset" in table
+    pooled = evaluation.pooled("same", "adaptive")
     same = [g for g in groups.values() if g.direction == "same"]
-    assert pooled == pytest.approx(sum(g.rates["gated"] * g.n for g in same) / sum(g.n for g in same))
+    assert pooled == pytest.approx(sum(g.rates["adaptive"] * g.n for g in same) / sum(g.n for g in same))
     assert len(same) == 3 and f"| all: benign-rho + benign-edgy + benign-truthfulqa | {sum(g.n for g in same)} | same |" \
-        in result.table()
+        in table
 
 
 def test_saved_folder_holds_adapter_samples_and_report(compiled, tmp_path):
-    loaded, result, _ = compiled
-    out = save_result(result, tmp_path / "adapter")
+    loaded, result, evaluation, _ = compiled
+    out = save_program(result, evaluation, tmp_path / "adapter")
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["adapter_config.json", "adapter_model.safetensors", "README.md", SAMPLES_NAME, REPORT_NAME])
     again = SteeringAdapter.load(out)
@@ -85,11 +94,12 @@ def test_saved_folder_holds_adapter_samples_and_report(compiled, tmp_path):
     assert SampleSet.load(out / SAMPLES_NAME).content_hash == result.samples.content_hash
     report = json.loads((out / REPORT_NAME).read_text())
     assert report["chosen_layer"] == result.chosen_layer and len(report["candidates"]) == 2
+    assert report["preset"] == "single" and report["program"]["strategies"][0]["layer"] == result.chosen_layer
     assert "held-out group" in (out / "README.md").read_text()
 
 
 def test_compiled_adapter_bakes_exactly(compiled, tmp_path):
-    loaded, result, _ = compiled
+    loaded, result, evaluation, _ = compiled
     tokenizer = loaded.tokenizer
     # training targets with their desired completion (where the anchor was fitted to open) and a neutral prompt
     targets = [s for s in result.samples.select(split="train", label="target") if s.positive][:2]
@@ -128,11 +138,13 @@ def test_overlapping_splits_are_refused_by_name(small_samples, tmp_path):
 def test_bad_options_fail_before_any_work(small_samples):
     loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny")
     with pytest.raises(MasteerError, match=r"candidate layers \[7\] are outside the model's 0\.\.2"):
-        compile_recipe(CompileOptions(layers=(0, 7), samples_path=str(small_samples), progress=False),
-                       loaded=loaded, log=lambda _: None)
+        compile_program(CompileOptions(layers=(0, 7), samples_path=str(small_samples), progress=False),
+                        SingleStrategy(), loaded=loaded, log=lambda _: None)
     with pytest.raises(MasteerError, match="strength must be a positive finite number"):
-        compile_recipe(CompileOptions(strength=-1.0, samples_path=str(small_samples), progress=False),
-                       loaded=loaded, log=lambda _: None)
+        compile_program(CompileOptions(strength=-1.0, samples_path=str(small_samples), progress=False),
+                        SingleStrategy(), loaded=loaded, log=lambda _: None)
     with pytest.raises(MasteerError, match="sample file .* does not exist"):
-        compile_recipe(CompileOptions(samples_path="/nonexistent/samples.jsonl", progress=False),
-                       loaded=loaded, log=lambda _: None)
+        compile_program(CompileOptions(samples_path="/nonexistent/samples.jsonl", progress=False),
+                        SingleStrategy(), loaded=loaded, log=lambda _: None)
+    with pytest.raises(MasteerError, match="unknown algorithm 'mean_diff'"):
+        SingleStrategy(algorithm="mean_diff")
