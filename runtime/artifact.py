@@ -54,6 +54,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_directory
+from .bounds import strength_problem
 from .errors import AdapterFormatError
 from .fingerprint import Fingerprint
 from .hosts import GATED, PLAIN
@@ -333,8 +334,9 @@ class SteeringAdapter:
             elif not 0 <= spec.layer < self.fingerprint.num_layers:
                 raise AdapterFormatError(f"{where}: strategy {spec.name!r} is on layer {spec.layer}, but the "
                                          f"base model has {self.fingerprint.num_layers} layers")
-            if not math.isfinite(spec.strength):
-                raise AdapterFormatError(f"{where}: strategy {spec.name!r} has strength {spec.strength}")
+            problem = strength_problem(spec.strength)
+            if problem:
+                raise AdapterFormatError(f"{where}: strategy {spec.name!r}: {problem}")
             if (spec.group or spec.opening != 1.0) and spec.kind != NEURON:
                 raise AdapterFormatError(f"{where}: strategy {spec.name!r} of kind {spec.kind!r} has a group or "
                                          f"opening weight; only neurons have them")
