@@ -204,7 +204,7 @@ def compile_command(**kwargs) -> None:
     _run_compile(**kwargs)
 
 
-@click.group(cls=GuardedGroup)
+@click.group(name="masteer", cls=GuardedGroup)
 @click.version_option(package_name="masteer")
 def main() -> None:
     """masteer: compile trustworthiness issues into steering adapters."""
