@@ -138,3 +138,11 @@ def test_a_missing_model_path_is_one_line(adapter_dir, tmp_path):
     line = one_line_error(invoke(cli.main, ["bake", adapter_dir, "--model", tmp_path / "nope", "--out",
                                             tmp_path / "b"]))
     assert str(tmp_path / "nope") in line and "does not exist" in line
+
+
+@pytest.mark.parametrize("name", ["recipes", "my recipes"], ids=["folder", "folder-with-space"])
+def test_a_recipe_given_as_a_folder_says_so(tmp_path, name):
+    folder = tmp_path / name
+    folder.mkdir()
+    line = one_line_error(invoke(cli.compile_command, [folder, "--out", tmp_path / "out"]))
+    assert f"recipe {folder} is a folder" in line

@@ -89,3 +89,14 @@ def test_an_unchanged_adapter_folder_after_a_refused_bake(adapter_dir, model_dir
     one_line_error(invoke(cli.main, ["bake", adapter_dir, "--model", model_dir, "--out", tmp_path / "b",
                                      "--scale", "nan"]))
     assert tree_digest(adapter_dir) == before
+
+
+def test_a_recipe_strength_of_1e39_is_refused_before_work(tmp_path, monkeypatch):
+    import masteer.compiler.common.models as models
+    from masteer.compiler.samples.recipes import builtin_recipes
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    text = builtin_recipes()["refusal"].read_text()
+    recipe = tmp_path / "huge.toml"
+    recipe.write_text(text.replace("strength = ", "strength = 1e39 #", 1))
+    line = one_line_error(invoke(cli.compile_command, [recipe, "--out", tmp_path / "out"]))
+    assert str(recipe) in line and "'defaults.strength'" in line and "1e+39" in line

@@ -26,60 +26,57 @@ def _user_folder(path):
     return path
 
 
+REAL_LOAD_MODEL = models.load_model
+
+
 def _no_model(*args, **kwargs):
     raise AssertionError("the output folder must be checked before a model loads")
 
 
-def test_bake_into_an_existing_user_folder_is_refused_and_keeps_its_files(adapter_dir, model_dir, tmp_path,
-                                                                          monkeypatch):
-    monkeypatch.setattr(models, "load_model", _no_model)
-    out = _user_folder(tmp_path / "mine")
+def _refused_bake(adapter, model, out, *flags) -> str:
+    """``bake`` is refused in one line before a model loads, and ``out`` is byte for byte as it was."""
     before = tree_digest(out)
-    line = one_line_error(invoke(cli.main, ["bake", adapter_dir, "--model", model_dir, "--out", out]))
-    assert str(out) in line and "--overwrite" in line
-    assert tree_digest(out) == before and sorted(os.listdir(tmp_path)) == ["mine"]
-
-
-def test_overwrite_does_not_replace_a_folder_masteer_did_not_write(adapter_dir, model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "load_model", _no_model)
-    out = _user_folder(tmp_path / "mine")
-    before = tree_digest(out)
-    line = one_line_error(invoke(cli.main, ["bake", adapter_dir, "--model", model_dir, "--out", out, "--overwrite"]))
-    assert "not written by masteer" in line
+    line = one_line_error(invoke(cli.main, ["bake", adapter, "--model", model, "--out", out, *flags]))
     assert tree_digest(out) == before
+    return line
 
 
-def test_bake_onto_its_own_adapter_is_refused(adapter_dir, model_dir, monkeypatch):
+@pytest.fixture(autouse=True)
+def no_model_loading(monkeypatch):
+    """Every refusal here comes before a model loads."""
     monkeypatch.setattr(models, "load_model", _no_model)
-    before = tree_digest(adapter_dir)
-    line = one_line_error(invoke(cli.main, ["bake", adapter_dir, "--model", model_dir, "--out", adapter_dir,
-                                            "--overwrite"]))
-    assert "also an input" in line
-    assert tree_digest(adapter_dir) == before
 
 
-def test_bake_onto_the_parent_of_its_adapter_is_refused(adapter_dir, model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "load_model", _no_model)
+def test_bake_into_an_existing_user_folder_is_refused_and_keeps_its_files(adapter_dir, model_dir, tmp_path):
+    out = _user_folder(tmp_path / "mine")
+    line = _refused_bake(adapter_dir, model_dir, out)
+    assert str(out) in line and "--overwrite" in line
+    assert sorted(os.listdir(tmp_path)) == ["mine"]
+
+
+def test_overwrite_does_not_replace_a_folder_masteer_did_not_write(adapter_dir, model_dir, tmp_path):
+    out = _user_folder(tmp_path / "mine")
+    assert "not written by masteer" in _refused_bake(adapter_dir, model_dir, out, "--overwrite")
+
+
+def test_bake_onto_its_own_adapter_is_refused(adapter_dir, model_dir):
+    assert "also an input" in _refused_bake(adapter_dir, model_dir, adapter_dir, "--overwrite")
+
+
+def test_bake_onto_the_parent_of_its_adapter_is_refused(adapter_dir, model_dir, tmp_path):
     parent = tmp_path / "parent"
     shutil.copytree(adapter_dir, parent / "adapter")
     (parent / "other.txt").write_text("keep me")
-    before = tree_digest(parent)
-    line = one_line_error(invoke(cli.main, ["bake", parent / "adapter", "--model", model_dir, "--out", parent,
-                                            "--overwrite"]))
-    assert "holds an input" in line
-    assert tree_digest(parent) == before
+    line = _refused_bake(parent / "adapter", model_dir, parent, "--overwrite")
+    assert "holds an input" in line and (parent / "other.txt").read_text() == "keep me"
 
 
-def test_bake_onto_its_model_folder_is_refused(adapter_dir, model_dir, monkeypatch):
-    monkeypatch.setattr(models, "load_model", _no_model)
-    before = tree_digest(model_dir)
-    line = one_line_error(invoke(cli.main, ["bake", adapter_dir, "--model", model_dir, "--out", model_dir,
-                                            "--overwrite"]))
-    assert "also an input" in line
-    assert tree_digest(model_dir) == before
+def test_bake_onto_its_model_folder_is_refused(adapter_dir, model_dir):
+    assert "also an input" in _refused_bake(adapter_dir, model_dir, model_dir, "--overwrite")
 
 
-def test_overwrite_replaces_a_checkpoint_masteer_baked(adapter_dir, model_dir, tmp_path):
+def test_overwrite_replaces_a_checkpoint_masteer_baked(adapter_dir, model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "load_model", REAL_LOAD_MODEL)   # this one bakes for real
     out = tmp_path / "baked"
     assert invoke(cli.main, ["bake", adapter_dir, "--model", model_dir, "--out", out]).exit_code == 0
     first = tree_digest(out)
@@ -95,8 +92,7 @@ def test_overwrite_replaces_a_checkpoint_masteer_baked(adapter_dir, model_dir, t
 @pytest.mark.parametrize("command, prefix", [(cli.compile_command, []), (cli.main, ["compile"])],
                          ids=["masteer-compile", "masteer compile"])
 def test_compile_into_a_user_folder_or_its_add_to_adapter_is_refused_before_work(command, prefix, adapter_dir,
-                                                                                 tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "load_model", _no_model)
+                                                                                 tmp_path):
     out = _user_folder(tmp_path / "mine")
     before = tree_digest(out)
     line = one_line_error(invoke(command, prefix + ["refusal", "--out", out]))
@@ -107,8 +103,7 @@ def test_compile_into_a_user_folder_or_its_add_to_adapter_is_refused_before_work
     assert "also an input" in line and tree_digest(adapter_dir) == adapter_before
 
 
-def test_eval_out_holding_user_files_is_refused(model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "load_model", _no_model)
+def test_eval_out_holding_user_files_is_refused(model_dir, tmp_path):
     out = _user_folder(tmp_path / "mine")
     before = tree_digest(out)
     line = one_line_error(invoke(cli.main, ["eval", "--model", model_dir, "--suite", "kl", "--out", out]))
