@@ -312,8 +312,11 @@ def inspect(adapter: Path, text: str, model: str, raw: bool, generate: int, thre
     """Show, token by token, which strategies of ADAPTER fire on TEXT and how strongly (0 silent, 1 full)."""
     from masteer.runtime import SteeringAdapter
     from masteer.runtime.atomic import atomic_write_text
+    from masteer.runtime.output_folder import check_output_file
     from .evaluation.inspection import inspect_text
     from .common.models import load_model
+    if json_out:
+        check_output_file(json_out, inputs=[adapter, _local_path(model)])
     steering = SteeringAdapter.load(adapter)
     loaded = load_model(model)
     result = inspect_text(loaded.model, loaded.tokenizer, steering, text, chat=not raw, generate=generate)

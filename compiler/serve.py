@@ -169,19 +169,16 @@ class ChatEngine:
                 "seed": seed, "stream": bool(stream)}
 
     def _fit_context(self, messages: list[dict], asked: int | None) -> int:
-        """``asked`` (or the default) new tokens, capped at ``max_tokens_cap``; RequestError when the prompt
-        and what was asked do not fit the model's context."""
+        """The new tokens to generate: ``asked`` (or the default, shrunk to what the context leaves), at most
+        ``max_tokens_cap``; RequestError when the prompt and what was asked do not fit the model's context."""
         prompt = len(encode_messages(self.loaded.tokenizer, messages))
         limit = context_length(self.loaded.model)
-        wanted = min(DEFAULT_MAX_TOKENS if asked is None else asked, self.max_tokens_cap)
-        if limit is None:
-            return wanted
-        if asked is None:
-            wanted = min(wanted, limit - prompt)
-        if wanted < 1 or prompt + wanted > limit:
+        room = None if limit is None else limit - prompt
+        if room is not None and (room < 1 or (asked is not None and asked > room)):
             raise RequestError(f"this model's maximum context length is {limit} tokens; the messages are {prompt} "
-                               f"tokens and max_tokens asks for {wanted if asked is not None else 'at least 1'} more")
-        return wanted
+                               f"tokens and max_tokens asks for {asked if asked is not None else 'at least 1'} more")
+        wanted = DEFAULT_MAX_TOKENS if asked is None else asked
+        return min(wanted, self.max_tokens_cap, *([room] if room is not None else []))
 
 
 def _number(body: dict, name: str, default: float, low: float, high: float) -> float:
@@ -278,6 +275,9 @@ class ChatHandler(BaseHTTPRequestHandler):
             request = self.engine.parse_request(json.loads(body or b"null"))
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             self.send_error_json(HTTPStatus.BAD_REQUEST, f"the request body is not valid JSON: {exc}")
+            return
+        except RecursionError:
+            self.send_error_json(HTTPStatus.BAD_REQUEST, "the request body nests JSON too deeply")
             return
         except RequestError as exc:
             self.send_error_json(exc.status, str(exc))

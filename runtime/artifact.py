@@ -67,6 +67,7 @@ FORMAT_VERSION = 3  # the newest version this runtime reads, and the one it writ
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 CARD_NAME = "README.md"
+PROGRAM_NAME = "masteer_program.json"   # what a baked checkpoint holds beside its weights (bake.py)
 
 ABLATION_TENSOR = "ablation.direction"
 UNIT_TOL = 1e-4  # how far a stored direction may be from unit length (or orthogonality), float32 rounding
@@ -412,6 +413,9 @@ class SteeringAdapter:
             raise AdapterFormatError(f"adapter folder {path} does not exist" if not path.exists()
                                      else f"{path} is not a folder (an adapter is a folder)")
         config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+        if not config_file.is_file() and (path / PROGRAM_NAME).is_file():
+            raise AdapterFormatError(f"{path} is a baked checkpoint, not an adapter: load it as a model "
+                                     f"(--model or --checkpoint)")
         for needed in (config_file, weights_file):
             if not needed.is_file():
                 raise AdapterFormatError(f"{needed} is missing: {path} is not a complete masteer adapter")

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .ablation import check_ablation_host, orthogonalise_model
-from .artifact import ADDITIVE, EXCLUSIVE, NEURON, ROTATION, SteeringAdapter
+from .artifact import ADDITIVE, EXCLUSIVE, NEURON, PROGRAM_NAME, ROTATION, SteeringAdapter
 from .atomic import atomic_directory
 from .bounds import check_finite_weights
 from .errors import LoweringError
@@ -170,6 +170,6 @@ def save_baked(model: nn.Module, path: str | os.PathLike, tokenizer=None, adapte
             tokenizer.save_pretrained(tmp)
         if adapter is not None:
             program = {**adapter.config_dict(), "baked_scale": scale}
-            (tmp / "masteer_program.json").write_text(json.dumps(program, indent=2) + "\n")
+            (tmp / PROGRAM_NAME).write_text(json.dumps(program, indent=2) + "\n")
         (tmp / "README.md").write_text(card if card is not None else baked_card(model, adapter, scale=scale))
     return path

@@ -21,12 +21,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
+from .artifact import CONFIG_NAME as ADAPTER_MARKER, FORMAT_NAME, PROGRAM_NAME as CHECKPOINT_MARKER
 from .errors import MasteerError
-
-ADAPTER_MARKER = "adapter_config.json"
-CHECKPOINT_MARKER = "masteer_program.json"
 
 
 def written_by_masteer(folder: Path) -> bool:
@@ -37,21 +35,25 @@ def written_by_masteer(folder: Path) -> bool:
         config = json.loads((folder / ADAPTER_MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(config, dict) and config.get("format") == "masteer-adapter"
+    return isinstance(config, dict) and config.get("format") == FORMAT_NAME
 
 
 def _is_empty(folder: Path) -> bool:
     return not any(folder.iterdir())
 
 
+def _resolved(inputs: Iterable[str | os.PathLike | None]) -> Iterator[tuple[str | os.PathLike, Path]]:
+    """Each given input with its resolved path (symlinks followed); options left unset are skipped."""
+    for given in inputs:
+        if given is not None and str(given) != "":
+            yield given, Path(given).resolve()
+
+
 def check_not_an_input(out: Path, inputs: Iterable[str | os.PathLike | None], option: str,
                        holding: bool = True) -> None:
     """MasteerError when ``out`` is one of ``inputs`` or (``holding``) a folder that holds one; symlinks resolved."""
     target = out.resolve()
-    for given in inputs:
-        if given is None or str(given) == "":
-            continue
-        source = Path(given).resolve()
+    for given, source in _resolved(inputs):
         if source == target:
             raise MasteerError(f"{option} {out} is also an input of this command ({given}): writing it would "
                                f"delete what is read. Give another folder.")
@@ -110,3 +112,18 @@ def check_report_folder(out: str | os.PathLike, markers: Iterable[str],
                            f"{', '.join(markers)}); give a new or empty folder")
     check_parent_takes_a_folder(out, option)
     return out
+
+
+def check_output_file(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (),
+                      option: str = "--json") -> Path:
+    """Before any work: a file written whole (``--json``) is not a folder, not an input, and does not replace a
+    file inside an input folder (``--json ADAPTER/adapter_config.json`` would destroy the adapter)."""
+    path = Path(path)
+    if path.is_dir():
+        raise MasteerError(f"{option} {path} is a folder; give a file path")
+    target = path.resolve()
+    for given, source in _resolved(inputs):
+        if target == source or (target.exists() and source in target.parents):
+            raise MasteerError(f"{option} {path} would replace a file of this command's input {given}; "
+                               f"give another path")
+    return path

@@ -17,7 +17,10 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.
 
 
 def check_model_folder(path: Path, name: str) -> None:
-    """A local model folder holds a config and some weights file."""
+    """A local model folder holds a config and some weights file (and is not a masteer adapter)."""
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        raise MasteerError(f"{name} is an adapter folder, not a model: pass it with --adapter (a model folder "
+                           f"holds a config.json)")
     if not (path / "config.json").is_file():
         raise MasteerError(f"model folder {name} has no config.json (a transformers checkpoint folder has one)")
     if not any(any(path.glob(pattern)) for pattern in WEIGHT_PATTERNS):

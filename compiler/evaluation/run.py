@@ -20,6 +20,7 @@ from masteer.runtime.artifact import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 from masteer.runtime.errors import MasteerError
 from masteer.runtime.output_folder import check_report_folder
 
+from ..common.model_checks import context_length
 from ..common.models import EMBEDDED_NAME, load_model
 from ..samples.sample_set import SampleSet
 from ..capture.cache import CACHE_NAME, ResultCache
@@ -159,6 +160,10 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> tuple[
         targets = tuple(t for t in recipe_targets(groups or {}) if t in {s.name for s in suites})
 
     loaded = load_model(options.model)
+    limit = context_length(loaded.model)
+    if limit is not None and options.max_new_tokens >= limit:
+        raise MasteerError(f"--max-new-tokens {options.max_new_tokens} does not fit model {options.model!r}, which "
+                           f"reads at most {limit} tokens, prompt included")
     arms = [Arm("base", source=options.model)] + adapter_arms
     for path in options.checkpoints:
         other = load_model(path)

@@ -146,3 +146,29 @@ def test_a_recipe_given_as_a_folder_says_so(tmp_path, name):
     folder.mkdir()
     line = one_line_error(invoke(cli.compile_command, [folder, "--out", tmp_path / "out"]))
     assert f"recipe {folder} is a folder" in line
+
+
+def test_an_adapter_given_as_a_checkpoint_and_a_checkpoint_given_as_an_adapter_say_so(adapter_dir, model_dir,
+                                                                                     tmp_path):
+    line = one_line_error(invoke(cli.main, ["eval", "--model", model_dir, "--checkpoint", adapter_dir, "--suite",
+                                            "kl", "--out", tmp_path / "report"]))
+    assert "is an adapter folder, not a model" in line and "--adapter" in line
+    baked = tmp_path / "baked"
+    assert invoke(cli.main, ["bake", adapter_dir, "--model", model_dir, "--out", baked]).exit_code == 0
+    line = one_line_error(invoke(cli.main, ["inspect", baked, "hi", "--model", model_dir]))
+    assert "is a baked checkpoint, not an adapter" in line
+
+
+def test_a_non_finite_scale_is_refused_by_the_python_api(adapter_dir):
+    from masteer.runtime import SteeredModel, SteeringAdapter
+    from masteer.runtime.errors import MasteerError
+    steered = SteeredModel(tiny_chat_model("llama"), SteeringAdapter.load(adapter_dir))
+    with pytest.raises(MasteerError, match="finite"):
+        steered.set_scale(float("nan"))
+    steered.detach()
+
+
+def test_eval_max_new_tokens_beyond_the_context_is_one_line(model_dir, tmp_path):
+    line = one_line_error(invoke(cli.main, ["eval", "--model", model_dir, "--suite", "kl", "--max-new-tokens",
+                                            "5000", "--out", tmp_path / "report", "--quiet"]))
+    assert "--max-new-tokens 5000" in line and "at most 2048" in line

@@ -148,3 +148,11 @@ def test_out_that_is_a_symlink_to_an_input_is_refused(adapter_dir, tmp_path):
     link.symlink_to(adapter_dir, target_is_directory=True)
     with pytest.raises(MasteerError, match="also an input"):
         check_output_folder(link, inputs=[adapter_dir], overwrite=True)
+
+
+def test_inspect_json_onto_a_file_of_its_adapter_is_refused(adapter_dir, model_dir):
+    before = tree_digest(adapter_dir)
+    line = one_line_error(invoke(cli.main, ["inspect", adapter_dir, "hello", "--model", model_dir, "--json",
+                                            adapter_dir / "adapter_config.json"]))
+    assert "would replace a file of this command's input" in line
+    assert tree_digest(adapter_dir) == before

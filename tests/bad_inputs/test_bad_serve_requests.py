@@ -96,6 +96,17 @@ def test_prompt_plus_max_tokens_beyond_the_context_is_400(server):
     assert code == 400 and "max_tokens asks for 200" in reply["error"]["message"]
 
 
+def test_max_tokens_beyond_the_context_is_400_even_for_a_short_prompt(server):
+    code, reply = _post(server, {"messages": MESSAGES, "max_tokens": 10 ** 9})
+    assert code == 400 and "max_tokens asks for 1000000000" in reply["error"]["message"]
+
+
+def test_json_nested_too_deeply_is_400(server):
+    body = b"[" * 200_000 + b"]" * 200_000
+    code, reply = _raw(server, f"POST /v1/chat/completions HTTP/1.0\r\nContent-Length: {len(body)}", body)
+    assert code == 400 and "too deeply" in reply["error"]["message"]
+
+
 def test_without_max_tokens_a_long_prompt_gets_what_is_left(server):
     """The default (128 new tokens) shrinks to what the context leaves; the tiny model never stops early."""
     code, reply = _post(server, {"messages": [{"role": "user", "content": "x" * (CONTEXT - 60)}]})
