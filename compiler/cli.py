@@ -46,6 +46,8 @@ def _error_line(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, (click.Abort, KeyboardInterrupt)):
         return "Interrupted (Ctrl-C); no output folder is left half-written.", EXIT_INTERRUPTED
     errors = sys.modules.get("masteer.runtime.errors")   # loaded whenever one of its errors was raised
+    if isinstance(exc, BrokenPipeError):   # the reader of our output went away (``| head``): nothing to say
+        return "", EXIT_BAD_INPUT
     if isinstance(exc, OSError) or (errors is not None and isinstance(exc, errors.MasteerError)):
         return f"Error: {_one_line(exc)}", EXIT_BAD_INPUT
     return (f"Error: internal error, {type(exc).__name__}: {_one_line(exc)} (rerun with --debug or {DEBUG_ENV}=1 "
@@ -73,7 +75,8 @@ class GuardedCommand(click.Command):
             if debug:
                 traceback.print_exception(exc)
             line, status = _error_line(exc)
-            click.echo(line, err=True)
+            if line:
+                click.echo(line, err=True)
             sys.exit(status)
         sys.exit(result if isinstance(result, int) else 0)
 

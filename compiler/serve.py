@@ -29,11 +29,10 @@ from typing import Callable, Iterator
 import torch
 
 from masteer.runtime import SteeredModel
+from masteer.runtime.errors import MasteerError
 
 from .samples.backends.base import BackendError, check_messages
 from .samples.backends.local import encode_messages
-from masteer.runtime.errors import MasteerError
-
 from .common.model_checks import context_length
 from .common.models import LoadedModel, load_model
 
@@ -344,7 +343,6 @@ def make_server(engine: ChatEngine, host: str = "127.0.0.1", port: int = 8000, a
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise MasteerError(f"port must be a whole number from 0 to 65535, got {port!r}")
     server = ChatServer((host, port), handler)
-    server.daemon_threads = True
     server.engine = engine  # type: ignore[attr-defined]
     server.api_key = api_key  # type: ignore[attr-defined]
     server.verbose = verbose  # type: ignore[attr-defined]

@@ -100,3 +100,10 @@ def test_ctrl_c_while_torch_loads_is_one_line(adapter_dir, tmp_path):
     assert [line for line in err.splitlines() if line.strip()] == [
         "Interrupted (Ctrl-C); no output folder is left half-written."]
     assert not (tmp_path / "b").exists()
+
+
+def test_a_closed_output_pipe_is_silent(monkeypatch):
+    """``masteer recipes | head -1``: the reader went away; no error line, no traceback, status 1."""
+    monkeypatch.setattr(recipes, "builtin_recipes", _raising(BrokenPipeError(32, "Broken pipe")))
+    result = invoke(cli.main, ["recipes"])
+    assert result.exit_code == 1 and result.output.strip() == ""
