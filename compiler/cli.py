@@ -113,6 +113,14 @@ def _local_path(value) -> str | None:
     return str(value) if value is not None and Path(str(value)).exists() else None
 
 
+def _finite(ctx, param, value: float | None) -> float | None:
+    """click callback: a float option must be a finite number (click's float type takes 'nan' and 'inf')."""
+    import math
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
 def _parse_layers(ctx, param, value: str | None) -> tuple[int, ...] | None:
     if value is None:
         return None
@@ -309,7 +317,8 @@ def strategies(recipe, model, layers, algorithms, budget, keep_layers, samples_p
 @click.option("--raw", is_flag=True, help="Tokenize TEXT as it is, not as a chat user turn.")
 @click.option("--generate", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also answer TEXT with this many new tokens (greedy, adapter attached) and show them.")
-@click.option("--threshold", type=float, default=0.5, show_default=True, help="Openings at or above this are bold.")
+@click.option("--threshold", type=float, default=0.5, show_default=True, callback=_finite,
+              help="Openings at or above this are bold.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the numbers.")
 def inspect(adapter: Path, text: str, model: str, raw: bool, generate: int, threshold: float, json_out) -> None:
     """Show, token by token, which strategies of ADAPTER fire on TEXT and how strongly (0 silent, 1 full)."""

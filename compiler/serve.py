@@ -342,7 +342,10 @@ def make_server(engine: ChatEngine, host: str = "127.0.0.1", port: int = 8000, a
     """A bound, not yet running server (``port=0`` picks a free port: ``server.server_address[1]``)."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise MasteerError(f"port must be a whole number from 0 to 65535, got {port!r}")
-    server = ChatServer((host, port), handler)
+    try:
+        server = ChatServer((host, port), handler)
+    except OSError as exc:   # a host that does not resolve, a port in use or reserved
+        raise MasteerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     server.engine = engine  # type: ignore[attr-defined]
     server.api_key = api_key  # type: ignore[attr-defined]
     server.verbose = verbose  # type: ignore[attr-defined]

@@ -172,3 +172,9 @@ def test_eval_max_new_tokens_beyond_the_context_is_one_line(model_dir, tmp_path)
     line = one_line_error(invoke(cli.main, ["eval", "--model", model_dir, "--suite", "kl", "--max-new-tokens",
                                             "5000", "--out", tmp_path / "report", "--quiet"]))
     assert "--max-new-tokens 5000" in line and "at most 2048" in line
+
+
+def test_inspect_threshold_nan_is_a_usage_error(adapter_dir, model_dir):
+    line = one_line_error(invoke(cli.main, ["inspect", adapter_dir, "hi", "--model", model_dir, "--threshold",
+                                            "nan"]), 2)
+    assert "'--threshold'" in line and "finite" in line

@@ -123,3 +123,12 @@ def test_a_port_out_of_range_is_refused_at_start_up(port):
 def test_make_server_refuses_a_port_out_of_range():
     with pytest.raises(MasteerError, match="port"):
         make_server(None, port=70000)
+
+
+def test_a_port_in_use_names_host_and_port():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(MasteerError, match=f"cannot listen on 127.0.0.1:{port}"):
+            make_server(None, host="127.0.0.1", port=port)
