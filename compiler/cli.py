@@ -1,8 +1,12 @@
 """The command line: parse, call one library function, print. Everything here is callable from Python.
 
 ``masteer-compile RECIPE`` is the main job; ``masteer`` groups the other verbs (``compile``,
-``samples``, ``bake``, ``recipes``). A :class:`MasteerError` (bad input a user can fix) is printed as
-one clear line with exit status 1, never as a traceback.
+``samples``, ``bake``, ``recipes``). Both run under one error handler (:class:`GuardedCommand`): a
+:class:`MasteerError` (bad input a user can fix), an OSError, a click usage error or Ctrl-C prints one
+line and exits non-zero, never a traceback; ``--debug`` (or ``MASTEER_DEBUG=1``) shows the traceback too.
+
+Only click is imported at the top: the CLI starts in a blink, so a Ctrl-C while torch is still loading
+lands in the handler too.
 """
 
 from __future__ import annotations
@@ -10,25 +14,112 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import click
 
-from masteer.runtime.errors import MasteerError
+from .common.names import EMBEDDED_NAME
 
-from .common.models import EMBEDDED_NAME
+DEBUG_ENV = "MASTEER_DEBUG"
+EXIT_BAD_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _debug_requested(args: list[str]) -> bool:
+    """``--debug`` anywhere before a ``--``, or the environment variable set to anything but 0/empty."""
+    options = args[: args.index("--")] if "--" in args else args
+    return "--debug" in options or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _one_line(message: str) -> str:
+    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+def _error_line(exc: BaseException) -> tuple[str, int]:
+    """The line to print for ``exc`` and the exit status."""
+    if isinstance(exc, click.UsageError):
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        return f"Error: {_one_line(exc.format_message())}{where}", exc.exit_code
+    if isinstance(exc, click.ClickException):
+        return f"Error: {_one_line(exc.format_message())}", exc.exit_code
+    if isinstance(exc, (click.Abort, KeyboardInterrupt)):
+        return "Interrupted (Ctrl-C); no output folder is left half-written.", EXIT_INTERRUPTED
+    errors = sys.modules.get("masteer.runtime.errors")   # loaded whenever one of its errors was raised
+    if isinstance(exc, BrokenPipeError):   # the reader of our output went away (``| head``): nothing to say
+        return "", EXIT_BAD_INPUT
+    if isinstance(exc, OSError) or (errors is not None and isinstance(exc, errors.MasteerError)):
+        return f"Error: {_one_line(exc)}", EXIT_BAD_INPUT
+    return (f"Error: internal error, {type(exc).__name__}: {_one_line(exc)} (rerun with --debug or {DEBUG_ENV}=1 "
+            f"for the traceback, and please report it)"), EXIT_BAD_INPUT
+
+
+class GuardedCommand(click.Command):
+    """A command with a ``--debug`` flag; run from the top (``main``), its errors go through the one handler."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.params.append(click.Option(["--debug"], is_flag=True, expose_value=False,
+                                        help=f"Show the traceback of an error (also: {DEBUG_ENV}=1)."))
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:   # a Python caller asked for the exceptions themselves
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        args = sys.argv[1:] if args is None else list(args)
+        debug = _debug_requested(args)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except SystemExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the one place every error becomes one line
+            if debug:
+                traceback.print_exception(exc)
+            line, status = _error_line(exc)
+            if line:
+                click.echo(line, err=True)
+            sys.exit(status)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+class GuardedGroup(GuardedCommand, click.Group):
+    """The ``masteer`` group: guarded, and its subcommands are guarded commands (each takes ``--debug``)."""
+
+    command_class = GuardedCommand
 
 
 def _user_errors(func):
-    """Turn the library's user-facing errors into click's one-line error output."""
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
+    """Kept for commands written against it: errors are now turned into one line by :class:`GuardedCommand`."""
+    return func
+
+
+def _replaces_out(*inputs: str):
+    """Decorator for a command that replaces its ``--out`` folder as a whole: adds ``--overwrite`` and checks,
+    before any work, that the folder may be replaced and is none of the options named in ``inputs`` nor holds
+    one (``masteer.runtime.output_folder``)."""
+    def decorate(func):
+        @functools.wraps(func)
+        def wrapper(*args, overwrite: bool = False, **kwargs):
+            from masteer.runtime.output_folder import check_output_folder
+            check_output_folder(kwargs["out"], inputs=[_local_path(kwargs.get(name)) for name in inputs],
+                                overwrite=overwrite)
             return func(*args, **kwargs)
-        except (MasteerError, OSError) as exc:  # OSError: a path the user gave cannot be read or written
-            raise click.ClickException(str(exc)) from None
-    return wrapper
+        return click.option("--overwrite", is_flag=True,
+                            help="Replace --out if it exists (only a folder masteer wrote).")(wrapper)
+    return decorate
+
+
+def _local_path(value) -> str | None:
+    """An option's value when it names something on disk (a model may also be a hub id or the embedded name)."""
+    return str(value) if value is not None and Path(str(value)).exists() else None
+
+
+def _finite(ctx, param, value: float | None) -> float | None:
+    """click callback: a float option must be a finite number (click's float type takes 'nan' and 'inf')."""
+    import math
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, got {value}")
+    return value
 
 
 def _parse_layers(ctx, param, value: str | None) -> tuple[int, ...] | None:
@@ -52,7 +143,7 @@ def _compile_options(func):
         click.option("--model", "-m", default=EMBEDDED_NAME, show_default=True,
                      help="A transformers model id or path, or the embedded default."),
         click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
-                     help="Adapter folder to write (replaced atomically if it exists)."),
+                     help="Adapter folder to write (an existing one only with --overwrite)."),
         click.option("--layers", callback=_parse_layers, help="Candidate layers, e.g. 8,10,12 (default: recipe's)."),
         click.option("--strength", type=float, help="Multiple of the fitted direction (default: recipe's)."),
         click.option("--seed", type=int, help="Seed for splits and fitting (default: recipe's)."),
@@ -113,15 +204,16 @@ def _run_compile(recipe, model, out, layers, strength, seed, mode, algorithm, al
     click.echo(f"\nwrote {path}\n\n{summary}")
 
 
-@click.command(name="masteer-compile")
+@click.command(name="masteer-compile", cls=GuardedCommand)
 @_compile_options
+@_replaces_out("add_to", "samples_path", "model")
 @_user_errors
 def compile_command(**kwargs) -> None:
     """Compile RECIPE (a built-in recipe name, a TOML file, or an issue in words) into a steering adapter."""
     _run_compile(**kwargs)
 
 
-@click.group()
+@click.group(name="masteer", cls=GuardedGroup)
 @click.version_option(package_name="masteer")
 def main() -> None:
     """masteer: compile trustworthiness issues into steering adapters."""
@@ -131,7 +223,6 @@ main.add_command(compile_command, name="compile")
 
 
 @main.command()
-@_user_errors
 def recipes() -> None:
     """List the built-in recipes."""
     from .samples.recipes import builtin_recipes, load_recipe
@@ -151,7 +242,6 @@ def recipes() -> None:
 @click.option("--no-llm", is_flag=True, help="Templates and retrieved seed items only.")
 @click.option("--no-cache", is_flag=True, help="Ask the backend again instead of reading its disk cache.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@_user_errors
 def samples(recipe: str, out: Path, seed: int | None, backend: str, model: str | None, no_llm: bool, no_cache: bool,
             quiet: bool) -> None:
     """Build a sample set for RECIPE (a recipe name or TOML file, or an issue in words) and save it as JSONL."""
@@ -173,13 +263,13 @@ def samples(recipe: str, out: Path, seed: int | None, backend: str, model: str |
               help="Base model or baked checkpoint: a transformers id or path, or the embedded default.")
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="A compiled adapter folder to attach.")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="TCP port (0: any free port).")
 @click.option("--api-key-env", default=None, help="Require 'Authorization: Bearer <key>' with the key read from "
                                                   "this environment variable.")
-@_user_errors
 def serve(model: str, adapter: str | None, host: str, port: int, api_key_env: str | None) -> None:
     """Serve MODEL (optionally with ADAPTER) as an OpenAI-compatible chat-completions endpoint."""
-    import os
+    from masteer.runtime.errors import MasteerError
     from .serve import serve as run_server
     key = os.environ.get(api_key_env) if api_key_env else None
     if api_key_env and not key:
@@ -199,7 +289,6 @@ def serve(model: str, adapter: str | None, host: str, port: int, api_key_env: st
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write every row as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--no-cache", is_flag=True, help="Capture activations again even if a stored capture matches.")
-@_user_errors
 def strategies(recipe, model, layers, algorithms, budget, keep_layers, samples_path, seed, json_out, quiet,
                no_cache) -> None:
     """Fit every algorithm at every candidate layer of RECIPE; print layer scores, strengths, effect and drift."""
@@ -226,15 +315,18 @@ def strategies(recipe, model, layers, algorithms, budget, keep_layers, samples_p
 @click.option("--raw", is_flag=True, help="Tokenize TEXT as it is, not as a chat user turn.")
 @click.option("--generate", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also answer TEXT with this many new tokens (greedy, adapter attached) and show them.")
-@click.option("--threshold", type=float, default=0.5, show_default=True, help="Openings at or above this are bold.")
+@click.option("--threshold", type=float, default=0.5, show_default=True, callback=_finite,
+              help="Openings at or above this are bold.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the numbers.")
-@_user_errors
 def inspect(adapter: Path, text: str, model: str, raw: bool, generate: int, threshold: float, json_out) -> None:
     """Show, token by token, which strategies of ADAPTER fire on TEXT and how strongly (0 silent, 1 full)."""
     from masteer.runtime import SteeringAdapter
     from masteer.runtime.atomic import atomic_write_text
+    from masteer.runtime.output_folder import check_output_file
     from .evaluation.inspection import inspect_text
     from .common.models import load_model
+    if json_out:
+        check_output_file(json_out, inputs=[adapter, _local_path(model)])
     steering = SteeringAdapter.load(adapter)
     loaded = load_model(model)
     result = inspect_text(loaded.model, loaded.tokenizer, steering, text, chat=not raw, generate=generate)
@@ -249,13 +341,16 @@ def inspect(adapter: Path, text: str, model: str, raw: bool, generate: int, thre
 @click.argument("adapter", type=click.Path(path_type=Path))
 @click.option("--model", "-m", default=EMBEDDED_NAME, show_default=True, help="The adapter's base model.")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--scale", type=float, default=1.0, show_default=True, help="Multiply every strength by this.")
-@_user_errors
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Multiply every strength by this (finite, at most 100 either way; recorded in the checkpoint).")
+@_replaces_out("adapter", "model")
 def bake(adapter: Path, model: str, out: Path, scale: float) -> None:
     """Merge ADAPTER into MODEL's weights: a checkpoint plain transformers loads without masteer."""
     from masteer.runtime import SteeringAdapter
     from masteer.runtime import bake as bake_checkpoint
+    from masteer.runtime.bounds import check_scale
     from .common.models import load_model
+    check_scale(scale, "--scale")
     steering = SteeringAdapter.load(adapter)
     loaded = load_model(model)
     path = bake_checkpoint(loaded.model, steering, out, tokenizer=loaded.tokenizer, scale=scale)
@@ -270,7 +365,6 @@ def bake(adapter: Path, model: str, out: Path, scale: float) -> None:
               help="Also write the table's numbers (per layer ceilings included).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@_user_errors
 def shift(adapter: Path, model: str, families: str | None, json_out, batch_size: int, quiet: bool) -> None:
     """Leave one rewrite family out: refit ADAPTER's program without it, test on it, beside its separability
     ceiling (compiler/lofo.py). Needs the adapter folder of an adaptive compile."""
@@ -356,7 +450,6 @@ def measure(issue, out, samples_path, model, layers, scales, seed, budget, extra
 @click.option("--render", "render", type=click.Path(dir_okay=False),
               help="Only re-render a saved report (eval_report.json or compile_report.json) into --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@_user_errors
 def eval_command(model, adapters, checkpoints, suites, out, samples_path, targets, split, n, max_new_tokens,
                  batch_size, seed, fresh, card, render, quiet) -> None:
     """Evaluate MODEL (and adapters or baked checkpoints) on the evaluation suites; write a report."""

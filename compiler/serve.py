@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import sys
 import threading
 import time
 import uuid
@@ -27,9 +29,11 @@ from typing import Callable, Iterator
 import torch
 
 from masteer.runtime import SteeredModel
+from masteer.runtime.errors import MasteerError
 
 from .samples.backends.base import BackendError, check_messages
 from .samples.backends.local import encode_messages
+from .common.model_checks import context_length
 from .common.models import LoadedModel, load_model
 
 DEFAULT_MAX_TOKENS = 128
@@ -37,7 +41,20 @@ MAX_BODY_BYTES = 1 << 20
 
 
 class RequestError(Exception):
-    """A client mistake: answered with 400 and this message."""
+    """A client mistake: answered with ``status`` (400 unless said otherwise) and this message."""
+
+    def __init__(self, message: str, status: int = HTTPStatus.BAD_REQUEST):
+        super().__init__(message)
+        self.status = status
+
+
+# Request fields this server does not implement: accepted only at the value that means "off", so a client
+# never gets a 200 that silently ignored what it asked for.
+UNSUPPORTED_UNLESS = {"stop": (None, [], ""), "tools": (None, []), "functions": (None, []),
+                      "tool_choice": (None, "none"), "logprobs": (None, False), "top_logprobs": (None, 0),
+                      "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
+                      "logit_bias": (None, {}), "response_format": (None, {"type": "text"})}
+MAX_SEED = 2 ** 63 - 1
 
 
 class _Streamer:
@@ -93,7 +110,7 @@ class ChatEngine:
         self.lock = threading.Lock()
 
     def generate(self, messages: list[dict], max_tokens: int, temperature: float, seed: int | None,
-                 on_text: Callable[[str], None] | None = None) -> dict:
+                 on_text: Callable[[str], None] | None = None, top_p: float = 1.0) -> dict:
         """Generate one answer; ``on_text`` receives text deltas as tokens arrive (streaming)."""
         tokenizer = self.loaded.tokenizer
         prompt = encode_messages(tokenizer, messages)
@@ -101,7 +118,7 @@ class ChatEngine:
         streamer = _Streamer(tokenizer, on_text or (lambda _: None), eos)
         kwargs = {"do_sample": False}
         if temperature > 0:
-            kwargs = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+            kwargs = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": top_p}
         device = next(self.model.parameters()).device
         with self.lock, torch.no_grad():
             if temperature > 0:
@@ -117,34 +134,68 @@ class ChatEngine:
                           "total_tokens": len(prompt) + completion}}
 
     def parse_request(self, body: dict) -> dict:
-        """Validated generation settings from a chat-completions request body; RequestError otherwise."""
+        """Validated generation settings from a chat-completions request body; RequestError otherwise.
+
+        Types and ranges are checked field by field, and the prompt plus ``max_tokens`` must fit the
+        model's context (OpenAI's 400), so no request runs for minutes to return an empty answer."""
         if not isinstance(body, dict):
             raise RequestError("the request body must be a JSON object")
         try:
             messages = check_messages(body.get("messages"))
         except BackendError as exc:
             raise RequestError(f"'messages': {exc}") from None
-        max_tokens = body.get("max_tokens", body.get("max_completion_tokens", DEFAULT_MAX_TOKENS))
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
-            raise RequestError(f"'max_tokens' must be a positive integer, got {max_tokens!r}")
-        temperature = body.get("temperature", 0.0)
-        if temperature is None:
-            temperature = 0.0
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
-            raise RequestError(f"'temperature' must be a number >= 0, got {temperature!r}")
-        if body.get("n", 1) != 1:
-            raise RequestError("only n=1 is supported")
+        for name, off in UNSUPPORTED_UNLESS.items():
+            if name in body and not any(body[name] == value and type(body[name]) is type(value) for value in off):
+                raise RequestError(f"'{name}' is not supported by this server (got {body[name]!r})")
+        given = body.get("max_tokens", body.get("max_completion_tokens"))
+        if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given <= 0):
+            raise RequestError(f"'max_tokens' must be a positive integer, got {given!r}")
+        temperature = _number(body, "temperature", 0.0, low=0.0, high=2.0)
+        top_p = _number(body, "top_p", 1.0, low=0.0, high=1.0)
+        if top_p == 0.0:
+            raise RequestError("'top_p' must be above 0 (and at most 1), got 0")
+        n = body.get("n", 1)
+        if n is not None and (isinstance(n, bool) or n != 1):
+            raise RequestError(f"only n=1 is supported, got {n!r}")
         seed = body.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise RequestError(f"'seed' must be an integer, got {seed!r}")
-        return {"messages": messages, "max_tokens": min(max_tokens, self.max_tokens_cap),
-                "temperature": float(temperature), "seed": seed, "stream": bool(body.get("stream", False))}
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+            raise RequestError(f"'seed' must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+        stream = body.get("stream", False)
+        if stream is not None and not isinstance(stream, bool):
+            raise RequestError(f"'stream' must be true or false, got {stream!r}")
+        max_tokens = self._fit_context(messages, given)
+        return {"messages": messages, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
+                "seed": seed, "stream": bool(stream)}
+
+    def _fit_context(self, messages: list[dict], asked: int | None) -> int:
+        """The new tokens to generate: ``asked`` (or the default, shrunk to what the context leaves), at most
+        ``max_tokens_cap``; RequestError when the prompt and what was asked do not fit the model's context."""
+        prompt = len(encode_messages(self.loaded.tokenizer, messages))
+        limit = context_length(self.loaded.model)
+        room = None if limit is None else limit - prompt
+        if room is not None and (room < 1 or (asked is not None and asked > room)):
+            raise RequestError(f"this model's maximum context length is {limit} tokens; the messages are {prompt} "
+                               f"tokens and max_tokens asks for {asked if asked is not None else 'at least 1'} more")
+        wanted = DEFAULT_MAX_TOKENS if asked is None else asked
+        return min(wanted, self.max_tokens_cap, *([room] if room is not None else []))
+
+
+def _number(body: dict, name: str, default: float, low: float, high: float) -> float:
+    """A finite number field within [low, high] (JSON's NaN and Infinity, which Python reads, are refused)."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise RequestError(f"'{name}' must be a number from {low:g} to {high:g}, got {value!r}")
+    return float(value)
 
 
 class ChatHandler(BaseHTTPRequestHandler):
     """HTTP/1.0 handler: one request per connection, which is also how the SSE stream is delimited."""
 
     server_version = "masteer-serve/0.1"
+    timeout = 30  # seconds a client may take to send its request: a short body must not hold a thread forever
 
     @property
     def engine(self) -> ChatEngine:
@@ -170,10 +221,18 @@ class ChatHandler(BaseHTTPRequestHandler):
         self.send_json(status, {"error": {"message": message, "type": kind, "code": status}}, headers)
 
     def read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
+        """The body as Content-Length says; RequestError for a header that is not a count, a body over
+        MAX_BODY_BYTES (413), or one shorter than announced (the socket times out after ``timeout``)."""
+        header = (self.headers.get("Content-Length") or "0").strip()
+        if not header.isdigit():
+            raise RequestError(f"the Content-Length header must be a whole number of bytes, got {header!r}")
+        length = int(header)
         if length > MAX_BODY_BYTES:
-            raise RequestError(f"request body over {MAX_BODY_BYTES} bytes")
-        return self.rfile.read(length) if length > 0 else b""
+            raise RequestError(f"request body over {MAX_BODY_BYTES} bytes", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        body = self.rfile.read(length) if length > 0 else b""
+        if len(body) != length:
+            raise RequestError(f"the body has {len(body)} bytes, Content-Length said {length}")
+        return body
 
     def authorised(self) -> bool:
         key = getattr(self.server, "api_key", None)
@@ -198,7 +257,10 @@ class ChatHandler(BaseHTTPRequestHandler):
         try:
             body = self.read_body()
         except RequestError as exc:
-            self.send_error_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc))
+            self.send_error_json(exc.status, str(exc))
+            return
+        except TimeoutError:
+            self.send_error_json(HTTPStatus.REQUEST_TIMEOUT, "the request body did not arrive in time")
             return
         self.handle_chat(body)
 
@@ -213,11 +275,14 @@ class ChatHandler(BaseHTTPRequestHandler):
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             self.send_error_json(HTTPStatus.BAD_REQUEST, f"the request body is not valid JSON: {exc}")
             return
+        except RecursionError:
+            self.send_error_json(HTTPStatus.BAD_REQUEST, "the request body nests JSON too deeply")
+            return
         except RequestError as exc:
-            self.send_error_json(HTTPStatus.BAD_REQUEST, str(exc))
+            self.send_error_json(exc.status, str(exc))
             return
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        settings = {k: request[k] for k in ("max_tokens", "temperature", "seed")}
+        settings = {k: request[k] for k in ("max_tokens", "temperature", "top_p", "seed")}
         if request["stream"]:
             self.stream(request["messages"], settings, ident, created)
             return
@@ -259,11 +324,28 @@ class ChatHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+class ChatServer(ThreadingHTTPServer):
+    """The HTTP server; a connection that fails (a client gone mid-request) is logged in one line, not as
+    the standard library's traceback."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        exc = sys.exc_info()[1]
+        if getattr(self, "verbose", False):
+            print(f"masteer serve: connection from {client_address[0]} failed: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+
+
 def make_server(engine: ChatEngine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                 handler: type[ChatHandler] = ChatHandler, verbose: bool = False) -> ThreadingHTTPServer:
     """A bound, not yet running server (``port=0`` picks a free port: ``server.server_address[1]``)."""
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise MasteerError(f"port must be a whole number from 0 to 65535, got {port!r}")
+    try:
+        server = ChatServer((host, port), handler)
+    except OSError as exc:   # a host that does not resolve, a port in use or reserved
+        raise MasteerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     server.engine = engine  # type: ignore[attr-defined]
     server.api_key = api_key  # type: ignore[attr-defined]
     server.verbose = verbose  # type: ignore[attr-defined]

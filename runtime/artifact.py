@@ -54,6 +54,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_directory
+from .bounds import strength_problem
 from .errors import AdapterFormatError
 from .fingerprint import Fingerprint
 from .hosts import GATED, PLAIN
@@ -66,6 +67,7 @@ FORMAT_VERSION = 3  # the newest version this runtime reads, and the one it writ
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 CARD_NAME = "README.md"
+PROGRAM_NAME = "masteer_program.json"   # what a baked checkpoint holds beside its weights (bake.py)
 
 ABLATION_TENSOR = "ablation.direction"
 UNIT_TOL = 1e-4  # how far a stored direction may be from unit length (or orthogonality), float32 rounding
@@ -333,8 +335,9 @@ class SteeringAdapter:
             elif not 0 <= spec.layer < self.fingerprint.num_layers:
                 raise AdapterFormatError(f"{where}: strategy {spec.name!r} is on layer {spec.layer}, but the "
                                          f"base model has {self.fingerprint.num_layers} layers")
-            if not math.isfinite(spec.strength):
-                raise AdapterFormatError(f"{where}: strategy {spec.name!r} has strength {spec.strength}")
+            problem = strength_problem(spec.strength)
+            if problem:
+                raise AdapterFormatError(f"{where}: strategy {spec.name!r}: {problem}")
             if (spec.group or spec.opening != 1.0) and spec.kind != NEURON:
                 raise AdapterFormatError(f"{where}: strategy {spec.name!r} of kind {spec.kind!r} has a group or "
                                          f"opening weight; only neurons have them")
@@ -410,6 +413,9 @@ class SteeringAdapter:
             raise AdapterFormatError(f"adapter folder {path} does not exist" if not path.exists()
                                      else f"{path} is not a folder (an adapter is a folder)")
         config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+        if not config_file.is_file() and (path / PROGRAM_NAME).is_file():
+            raise AdapterFormatError(f"{path} is a baked checkpoint, not an adapter: load it as a model "
+                                     f"(--model or --checkpoint)")
         for needed in (config_file, weights_file):
             if not needed.is_file():
                 raise AdapterFormatError(f"{needed} is missing: {path} is not a complete masteer adapter")

@@ -27,9 +27,16 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = True) -> Itera
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        _swap_into_place(tmp, target)
     except BaseException:
+        # Every failure path, the rename included (a read-only folder, Ctrl-C), removes the temporary
+        # folder: a failed save of a checkpoint must not leave hundreds of MB behind.
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_into_place(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``; an existing ``target`` is moved aside first and put back if that fails."""
     old = None
     if target.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
@@ -40,7 +47,6 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = True) -> Itera
     except BaseException:
         if old is not None:
             os.replace(old, target)
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -21,6 +21,7 @@ directions in, 1 removes them). ``bake(scale=s)`` lowers exactly what the adapte
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from typing import Iterator
 
@@ -30,7 +31,7 @@ from torch import nn
 from .ablation import Ablation, ablation_sites, check_ablation_host
 from .artifact import ADDITIVE, NEURON, ROTATION, SteeringAdapter
 from .bake import check_lowerable, merge_into_model
-from .errors import FingerprintMismatch, HostNotSupported
+from .errors import FingerprintMismatch, HostNotSupported, MasteerError
 from .fingerprint import model_fingerprint
 from .hosts import decoder_layers, host_layout, mlp_activation, mlp_module, num_layers
 from .kernel import LayerSteering
@@ -162,6 +163,8 @@ class SteeredModel(nn.Module):
         Neurons and additive vectors: their size; rotations: their angle; ablation: the fraction of the
         directions' component removed from each residual write (at 2 the component is reflected).
         """
+        if not math.isfinite(scale):
+            raise MasteerError(f"scale must be a finite number, got {scale!r}")
         for control in self._controls():
             control.scale = float(scale)
 

@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from .ablation import check_ablation_host, orthogonalise_model
-from .artifact import ADDITIVE, EXCLUSIVE, NEURON, ROTATION, SteeringAdapter
+from .artifact import ADDITIVE, EXCLUSIVE, NEURON, PROGRAM_NAME, ROTATION, SteeringAdapter
 from .atomic import atomic_directory
+from .bounds import check_finite_weights
 from .errors import LoweringError
 from .hosts import GATED, HostLayout, decoder_layers, host_layout, intermediate_size, mlp_module
 from .modelcard import baked_card
@@ -157,15 +158,18 @@ def merge_into_model(model: nn.Module, adapter: SteeringAdapter, scale: float = 
 
 
 def save_baked(model: nn.Module, path: str | os.PathLike, tokenizer=None, adapter: SteeringAdapter | None = None,
-               card: str | None = None) -> Path:
-    """Write a merged model as an ordinary transformers checkpoint folder, atomically."""
-
+               card: str | None = None, scale: float = 1.0) -> Path:
+    """Write a merged model as an ordinary transformers checkpoint folder, atomically. Weights holding
+    NaN/Inf are refused before anything is written; ``scale`` (the multiple of every strength that was
+    merged) is recorded in ``masteer_program.json`` and the card."""
     path = Path(path)
+    check_finite_weights(model, f"baked checkpoint for {path}")
     with atomic_directory(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if adapter is not None:
-            (tmp / "masteer_program.json").write_text(json.dumps(adapter.config_dict(), indent=2) + "\n")
-        (tmp / "README.md").write_text(card if card is not None else baked_card(model, adapter))
+            program = {**adapter.config_dict(), "baked_scale": scale}
+            (tmp / PROGRAM_NAME).write_text(json.dumps(program, indent=2) + "\n")
+        (tmp / "README.md").write_text(card if card is not None else baked_card(model, adapter, scale=scale))
     return path

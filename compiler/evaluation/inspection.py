@@ -15,7 +15,10 @@ import torch
 
 from masteer.runtime import SteeredModel, SteeringAdapter
 
+from masteer.runtime.errors import MasteerError
+
 from ..capture.activations import encode_prompt
+from ..common.model_checks import check_text, context_length
 
 
 @dataclass
@@ -52,9 +55,12 @@ class Inspection:
 def inspect_text(model, tokenizer, adapter: SteeringAdapter, text: str, chat: bool = True, generate: int = 0,
                  check_fingerprint: bool = True) -> Inspection:
     """Per-token openings of every gated strategy of ``adapter`` on ``text`` (module docstring)."""
-    if not isinstance(text, str) or not text:
-        raise ValueError("inspect needs a non-empty text")
+    check_text(text, "the text to inspect")
     ids = encode_prompt(tokenizer, text) if chat else tokenizer(text, add_special_tokens=True)["input_ids"]
+    limit = context_length(model)
+    if limit is not None and len(ids) + generate > limit:
+        raise MasteerError(f"the text to inspect is {len(ids)} tokens{f' plus {generate} to generate' if generate else ''}; "
+                           f"the model reads at most {limit}: shorten it")
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
     steered = SteeredModel(model, adapter, check_fingerprint=check_fingerprint)

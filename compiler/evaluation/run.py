@@ -18,13 +18,15 @@ from typing import Callable, Mapping
 from masteer.runtime import SteeringAdapter
 from masteer.runtime.artifact import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 from masteer.runtime.errors import MasteerError
+from masteer.runtime.output_folder import check_report_folder
 
+from ..common.model_checks import context_length
 from ..common.models import EMBEDDED_NAME, load_model
 from ..samples.sample_set import SampleSet
 from ..capture.cache import CACHE_NAME, ResultCache
 from .harness import Arm, evaluate
 from .overlap import check_overlap
-from .report import EvalReport
+from .report import REPORT_JSON, REPORT_MD, EvalReport
 from .report_files import write_report
 from .suites import (GROUP_SUITES, REFUSAL, SHIFT_SUITES, SUITES, compile_shift_suite, compile_suites, load_suites,
                      resolve_names)
@@ -32,6 +34,7 @@ from .suites import (GROUP_SUITES, REFUSAL, SHIFT_SUITES, SUITES, compile_shift_
 COMPILE_CAPABILITY_SUITES = ("mmlu", "perplexity", "kl")
 SAMPLES_NAME = "samples.jsonl"
 SPLITS = ("auto", "packaged")
+REPORT_MARKERS = (REPORT_JSON, REPORT_MD, CACHE_NAME)   # an earlier report in --out: resumed or refreshed
 
 
 def group_suite(group: str) -> str:
@@ -133,6 +136,8 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> tuple[
     Everything that can be wrong with the input (a suite name, an adapter folder, an overlap of the
     suites with the compile's samples) is found before any model is loaded.
     """
+    check_report_folder(options.out, REPORT_MARKERS, inputs=[*options.adapters, *options.checkpoints,
+                                                             *([options.model] if Path(options.model).exists() else [])])
     names = resolve_names(options.suites)
     taken: set[str] = {"base"}
     adapter_arms, sample_sets, groups = [], [], None
@@ -155,6 +160,10 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> tuple[
         targets = tuple(t for t in recipe_targets(groups or {}) if t in {s.name for s in suites})
 
     loaded = load_model(options.model)
+    limit = context_length(loaded.model)
+    if limit is not None and options.max_new_tokens >= limit:
+        raise MasteerError(f"--max-new-tokens {options.max_new_tokens} does not fit model {options.model!r}, which "
+                           f"reads at most {limit} tokens, prompt included")
     arms = [Arm("base", source=options.model)] + adapter_arms
     for path in options.checkpoints:
         other = load_model(path)
@@ -222,5 +231,6 @@ def update_card(adapter_dir: str | Path, report: EvalReport, arm: str) -> Path:
 
 def render_report(path: str | Path, out: str | Path, plots: bool = True) -> tuple[EvalReport, dict[str, Path]]:
     """Re-render a saved report (``eval_report.json`` or a compile's ``compile_report.json``): no model needed."""
+    check_report_folder(out, REPORT_MARKERS, inputs=[path])
     report = EvalReport.load_json(path)
     return report, write_report(report, out, plots=plots)

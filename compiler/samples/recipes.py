@@ -41,6 +41,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from masteer.runtime.bounds import MAX_STRENGTH
 from masteer.runtime.errors import MasteerError
 
 
@@ -188,8 +189,9 @@ def parse_recipe(data: dict, where: str) -> Recipe:
     if not layers or not all(isinstance(l, int) and not isinstance(l, bool) and l >= 0 for l in layers):
         raise MasteerError(f"{where}: field 'defaults.layers' must be a non-empty list of layer indices")
     strength = data["defaults"]["strength"]
-    if not (math.isfinite(strength) and strength > 0):
-        raise MasteerError(f"{where}: field 'defaults.strength' must be a positive finite number, got {strength}")
+    if not (math.isfinite(strength) and 0 < strength <= MAX_STRENGTH):
+        raise MasteerError(f"{where}: field 'defaults.strength' must be a positive finite number up to "
+                           f"{MAX_STRENGTH:g}, got {strength}")
     evaluation = data["evaluation"]
     max_new_tokens = _positive_int(evaluation["max_new_tokens"], where, "evaluation.max_new_tokens")
     for group, direction in evaluation["groups"].items():
@@ -232,7 +234,7 @@ def is_recipe_reference(text: str) -> bool:
     if text in builtin_recipes() or text.endswith(".toml") or not any(ch.isspace() for ch in text):
         return True
     try:
-        return Path(text).is_file()
+        return Path(text).is_file() or Path(text).is_dir()   # a folder is a mistaken recipe path, said so
     except (OSError, ValueError):  # a long sentence is not a valid file name
         return False
 
@@ -244,6 +246,9 @@ def load_recipe(name_or_path: str) -> Recipe:
         path = builtin[name_or_path]
     else:
         path = Path(name_or_path)
+        if path.is_dir():
+            raise MasteerError(f"recipe {name_or_path} is a folder; give a recipe's TOML file, or a built-in "
+                               f"recipe name: {', '.join(sorted(builtin))}")
         if not path.is_file():
             raise MasteerError(f"no built-in recipe named {name_or_path!r} and no file at that path; "
                                f"built-in recipes: {', '.join(sorted(builtin))}")
