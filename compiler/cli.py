@@ -337,5 +337,29 @@ def eval_command(model, adapters, checkpoints, suites, out, samples_path, target
     click.echo("\nwrote " + ", ".join(str(p) for p in paths.values()))
 
 
+@main.group()
+def export() -> None:
+    """Lower an adapter for engines that run no masteer code: PEFT LoRA, llama.cpp GGUF."""
+
+
+@export.command(name="lora")
+@click.argument("adapter", type=click.Path(path_type=Path))
+@click.option("--model", "-m", default=EMBEDDED_NAME, show_default=True, help="The adapter's base model.")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Multiply every strength by this.")
+@_user_errors
+def export_lora(adapter: Path, model: str, out: Path, scale: float) -> None:
+    """Write ADAPTER's always-on vectors and directional ablation as an exact PEFT LoRA (gated programs: bake)."""
+    from masteer.runtime import SteeringAdapter
+    from .common.models import load_model
+    from .lowering.lora import check_lora_lowerable, save_lora
+    steering = SteeringAdapter.load(adapter)
+    check_lora_lowerable(steering)   # before the model loads
+    loaded = load_model(model)
+    path = save_lora(loaded.model, steering, out, scale=scale)
+    click.echo(f"wrote {path}: load it with PeftModel.from_pretrained(base, {str(path)!r}) "
+               f"or AutoModelForCausalLM.from_pretrained({str(path)!r})")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
