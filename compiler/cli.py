@@ -361,5 +361,21 @@ def export_lora(adapter: Path, model: str, out: Path, scale: float) -> None:
                f"or AutoModelForCausalLM.from_pretrained({str(path)!r})")
 
 
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repository as private.")
+@click.option("--revision", help="Push to this branch (created from main if missing); default main.")
+@click.option("--report", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The compile report whose held-out results the card carries (default: the one in FOLDER).")
+@_user_errors
+def push(folder: Path, repo_id: str, private: bool, revision: str | None, report: Path | None) -> None:
+    """Upload FOLDER (an adapter, a LoRA lowering, a baked checkpoint or GGUF files) to the Hub as REPO_ID, with a
+    model card. Token and endpoint as huggingface_hub finds them (HF_TOKEN or `huggingface-cli login`; HF_ENDPOINT)."""
+    from .lowering.hub import push as push_folder
+    url = push_folder(folder, repo_id, private=private, revision=revision, report=report)
+    click.echo(f"pushed {folder} to {repo_id}: {url}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
