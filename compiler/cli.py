@@ -361,6 +361,20 @@ def export_lora(adapter: Path, model: str, out: Path, scale: float) -> None:
                f"or AutoModelForCausalLM.from_pretrained({str(path)!r})")
 
 
+@export.command(name="gguf")
+@click.argument("adapter", type=click.Path(path_type=Path))
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The control-vector file to write (e.g. refusal.controlvector.gguf).")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Multiply every strength by this.")
+@_user_errors
+def export_gguf(adapter: Path, out: Path, scale: float) -> None:
+    """Write ADAPTER's always-on vectors as a llama.cpp control vector (llama-cli --control-vector FILE)."""
+    from masteer.runtime import SteeringAdapter
+    from .lowering.control_vector import write_control_vector
+    path = write_control_vector(SteeringAdapter.load(adapter), out, scale=scale)
+    click.echo(f"wrote {path}: run it with llama-cli -m BASE.gguf --control-vector {path}")
+
+
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.argument("repo_id")

@@ -17,12 +17,11 @@ from masteer.runtime.artifact import CONFIG_NAME, FORMAT_NAME
 from masteer.runtime.errors import MasteerError
 from masteer.runtime.kinds import ABLATION, ADDITIVE, NEURON, ROTATION
 
-from .lora import PROGRAM_NAME
-
 ADAPTER, LORA, BAKED, GGUF = "masteer adapter", "PEFT LoRA", "baked checkpoint", "GGUF"
 LIBRARY = {ADAPTER: "masteer", LORA: "peft", BAKED: "transformers", GGUF: "gguf"}
 ARTICLE = {ADAPTER: "A masteer adapter", LORA: "A PEFT LoRA", BAKED: "A baked checkpoint", GGUF: "GGUF files"}
 REPORT_GLOB = "compile_report*.json"
+PROGRAM_NAME = "masteer_program.json"  # the masteer program a lowering came from, beside it (as in a bake)
 SHIPPED_ARM = "adaptive"   # the compile report's arm that is the compiled program
 
 

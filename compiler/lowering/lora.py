@@ -41,7 +41,8 @@ from masteer.runtime.bake import check_lowerable
 from masteer.runtime.errors import LoweringError
 from masteer.runtime.hosts import host_layout, mlp_module
 
-PROGRAM_NAME = "masteer_program.json"  # the masteer program a lowering came from, beside it (as in a bake)
+from .card import PROGRAM_NAME, shipment_card
+
 
 
 @dataclass
@@ -188,8 +189,7 @@ def save_lora(model: nn.Module, adapter: SteeringAdapter, out: str | os.PathLike
         with atomic_directory(out) as tmp:
             peft_model.save_pretrained(tmp)
             (tmp / PROGRAM_NAME).write_text(json.dumps(adapter.config_dict(), indent=2) + "\n")
-            if card is not None:
-                (tmp / "README.md").write_text(card)
+            (tmp / "README.md").write_text(card if card is not None else shipment_card(tmp, out.name))
     finally:
         peft_model.unload()
         for name, module in originals.items():   # PEFT's unload keeps the saved copy; the caller's model is restored
