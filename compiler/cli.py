@@ -362,13 +362,25 @@ def export_lora(adapter: Path, model: str, out: Path, scale: float) -> None:
 
 
 @export.command(name="gguf")
-@click.argument("adapter", type=click.Path(path_type=Path))
+@click.argument("adapter", required=False, type=click.Path(path_type=Path))
+@click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path),
+              help="Instead of ADAPTER: a baked checkpoint folder (`masteer bake`) to write as a GGUF model.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The control-vector file to write (e.g. refusal.controlvector.gguf).")
-@click.option("--scale", type=float, default=1.0, show_default=True, help="Multiply every strength by this.")
+              help="The GGUF file to write (e.g. refusal.controlvector.gguf or refusal-f16.gguf).")
+@click.option("--type", "kind", type=click.Choice(["f32", "f16", "q8_0"]), default="f16", show_default=True,
+              help="--checkpoint: the tensor type of the model's matrices.")
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="ADAPTER: multiply every strength by this.")
 @_user_errors
-def export_gguf(adapter: Path, out: Path, scale: float) -> None:
-    """Write ADAPTER's always-on vectors as a llama.cpp control vector (llama-cli --control-vector FILE)."""
+def export_gguf(adapter: Path | None, checkpoint: Path | None, out: Path, kind: str, scale: float) -> None:
+    """Write ADAPTER's always-on vectors as a llama.cpp control vector, or a baked --checkpoint as a GGUF model."""
+    if (adapter is None) == (checkpoint is None):
+        raise click.UsageError("give either ADAPTER (a control vector) or --checkpoint DIR (a GGUF model)")
+    if checkpoint is not None:
+        from .lowering.gguf_model import write_gguf_model
+        path = write_gguf_model(checkpoint, out, kind)
+        click.echo(f"wrote {path}: run it with llama-cli -m {path}")
+        return
     from masteer.runtime import SteeringAdapter
     from .lowering.control_vector import write_control_vector
     path = write_control_vector(SteeringAdapter.load(adapter), out, scale=scale)
