@@ -81,8 +81,9 @@ def main(argv=None) -> int:
     loaded = load_model(args.model)
     tokenizer = loaded.tokenizer
     prompts = {g: [encode_prompt(tokenizer, p) for p in ps] for g, ps in groups.items()}
-    eos = {tokenizer.eos_token_id} | set(getattr(loaded.model.generation_config, "eos_token_id", None) or [])
-    eos = {e for e in eos if e is not None}
+    configured = getattr(loaded.model.generation_config, "eos_token_id", None)
+    configured = configured if isinstance(configured, (list, tuple)) else [configured]
+    eos = {e for e in [tokenizer.eos_token_id, *configured] if e is not None}
     results: dict = {"adapter": str(args.adapter), "model": args.model, "max_new_tokens": args.max_new_tokens,
                      "n_per_group": {g: len(p) for g, p in prompts.items()}, "rows": []}
     with tempfile.TemporaryDirectory(prefix="masteer-llama-cpp-") as tmp:

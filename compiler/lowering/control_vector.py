@@ -15,13 +15,13 @@ block 0.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import torch
 
 from masteer.runtime.artifact import ADDITIVE, SteeringAdapter
 from masteer.runtime.errors import LoweringError
+
+from .files import write_atomically
 
 ARCHITECTURE = "controlvector"
 # transformers model_type -> llama.cpp architecture name (the model hint llama.cpp users see)
@@ -57,11 +57,8 @@ def write_control_vector(adapter: SteeringAdapter, path: str | os.PathLike, scal
     import gguf
     vectors = control_vectors(adapter, scale)
     layers, hidden = adapter.fingerprint.num_layers, adapter.fingerprint.hidden_size
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         writer = gguf.GGUFWriter(tmp, ARCHITECTURE)
         writer.add_string(f"{ARCHITECTURE}.model_hint",
                           LLAMA_CPP_ARCH.get(adapter.fingerprint.model_type, adapter.fingerprint.model_type))
@@ -73,11 +70,7 @@ def write_control_vector(adapter: SteeringAdapter, path: str | os.PathLike, scal
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, write)
 
 
 def read_control_vector(path: str | os.PathLike) -> dict[int, torch.Tensor]:

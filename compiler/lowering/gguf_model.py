@@ -17,13 +17,14 @@ bakes gated neurons into, and does what llama.cpp's ``convert_hf_to_gguf.py`` do
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from masteer.runtime.errors import LoweringError, MasteerError
+
+from .files import write_atomically
 
 TYPES = ("f32", "f16", "q8_0")
 ARCHS = {"llama": "LLAMA", "qwen2": "QWEN2"}   # transformers model_type -> gguf.MODEL_ARCH member
@@ -113,11 +114,8 @@ def write_gguf_model(checkpoint: str | os.PathLike, path: str | os.PathLike, kin
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     names = gguf.get_tensor_name_map(arch, layers)
     tied = model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
         writer.add_name(checkpoint.name)
         writer.add_context_length(config.max_position_embeddings)
@@ -146,11 +144,8 @@ def write_gguf_model(checkpoint: str | os.PathLike, path: str | os.PathLike, kin
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return write_atomically(path, write)
 
 
 def read_gguf_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -4,6 +4,8 @@ N) gives the masteer runtime's logits. What a control vector cannot hold is refu
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -68,6 +70,9 @@ def test_the_control_vector_reads_back_and_computes_what_the_runtime_does(kind, 
     assert bytes(hint.parts[hint.data[0]]).decode() == {"gpt2": "gpt2", "llama": "llama", "qwen2": "qwen2"}[kind]
     assert int(reader.fields["controlvector.layer_count"].parts[-1][0]) == LAYERS - 1
     assert [p.name for p in tmp_path.iterdir()] == ["steer.controlvector.gguf"], "no temporary file left"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask, "the mode an ordinary open() gives, not a private 0600"
 
 
 def test_what_a_control_vector_cannot_hold_is_refused_in_one_line(tmp_path):
