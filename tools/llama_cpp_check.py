@@ -33,8 +33,24 @@ def transformers_answers(model, prompts: list[list[int]], max_new_tokens: int) -
     return out
 
 
+def without_extra_buffer_types() -> None:
+    """Load models without llama.cpp's extra CPU buffer types (AMX / weight repacking). On the project's machine
+    (a CPU with AMX, in a sandbox) llama.cpp segfaults in them on the first Q8_0 matmul, f32 and f16 do not;
+    with them off, Q8_0 runs on the plain CPU kernels. The arithmetic compared here is the same either way."""
+    import llama_cpp
+    import llama_cpp.llama as module
+    default = llama_cpp.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+    module.llama_cpp.llama_model_default_params = params
+
+
 def llama_cpp_answers(path: Path, prompts: list[list[int]], max_new_tokens: int, eos: set[int]) -> list[list[int]]:
     from llama_cpp import Llama
+    without_extra_buffer_types()
     llm = Llama(model_path=str(path), n_ctx=1024, n_threads=2, verbose=False, seed=0)
     out = []
     for ids in prompts:
@@ -55,6 +71,16 @@ def agreement(reference: list[list[int]], other: list[list[int]]) -> dict:
     prefix = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
               for a, b in zip(reference, other)]
     return {"identical": same, "n": len(reference), "mean_common_prefix": round(sum(prefix) / len(prefix), 2)}
+
+
+def report(results, prompts, tokenizer, reference, arm, engine, kind, answers, seconds, is_refusal) -> None:
+    row = {"arm": arm, "engine": engine, "type": kind, "seconds": round(seconds, 1)}
+    for g in prompts:
+        texts = [tokenizer.decode(a, skip_special_tokens=True) for a in answers[g]]
+        row[f"{g}_refusal"] = round(sum(map(is_refusal, texts)) / len(texts), 3)
+        row[f"{g}_agreement"] = agreement(reference[g], answers[g])
+    results["rows"].append(row)
+    print(json.dumps(row), flush=True)
 
 
 def main(argv=None) -> int:
@@ -100,20 +126,16 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             reference = {g: transformers_answers(model, p, args.max_new_tokens) for g, p in prompts.items()}
             seconds = time.perf_counter() - start
-            engines = [("transformers", "f32", reference, seconds)]
+            report(results, prompts, tokenizer, reference, arm, "transformers", "f32", reference, seconds, is_refusal)
             for kind in args.types.split(","):
                 path = write_gguf_model(folder, tmp / f"{arm}-{kind}.gguf", kind)
                 start = time.perf_counter()
                 answers = {g: llama_cpp_answers(path, p, args.max_new_tokens, eos) for g, p in prompts.items()}
-                engines.append(("llama.cpp", kind, answers, time.perf_counter() - start))
-            for engine, kind, answers, seconds in engines:
-                row = {"arm": arm, "engine": engine, "type": kind, "seconds": round(seconds, 1)}
-                for g in prompts:
-                    texts = [tokenizer.decode(a, skip_special_tokens=True) for a in answers[g]]
-                    row[f"{g}_refusal"] = round(sum(map(is_refusal, texts)) / len(texts), 3)
-                    row[f"{g}_agreement"] = agreement(reference[g], answers[g])
-                results["rows"].append(row)
-                print(json.dumps(row), flush=True)
+                report(results, prompts, tokenizer, reference, arm, "llama.cpp", kind, answers,
+                       time.perf_counter() - start, is_refusal)
+                if args.json:   # after every engine: a long run stopped early keeps what it measured
+                    args.json.parent.mkdir(parents=True, exist_ok=True)
+                    args.json.write_text(json.dumps(results, indent=2) + "\n")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

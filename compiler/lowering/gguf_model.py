@@ -129,6 +129,7 @@ def write_gguf_model(checkpoint: str | os.PathLike, path: str | os.PathLike, kin
         writer.add_rope_dimension_count(head_dim)
         writer.add_vocab_size(config.vocab_size)
         writer.add_file_type(_file_type(kind))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _tokenizer_metadata(writer, checkpoint, config, config.vocab_size, checkpoint.name)
         for hf_name, tensor in model.state_dict().items():
             if tied and hf_name == "lm_head.weight":

@@ -93,3 +93,29 @@ def test_a_control_vector_in_llama_cpp_gives_the_runtime_logits(tmp_path):
     got = np.array(llm.scores[: len(IDS)])
     print(f"max |logit difference| llama.cpp vs runtime: {np.abs(got - expected).max():.2e}")
     assert np.abs(got - expected).max() <= ATOL
+
+
+def test_a_q8_0_model_runs_in_llama_cpp_close_to_f32(tmp_path, monkeypatch):
+    """Q8_0 matrices (rows of 64 values) in llama.cpp, with its extra CPU buffer types off: on a CPU with AMX in a
+    sandbox llama.cpp segfaults in them on Q8_0 (tools/llama_cpp_check.py, docs/shipping.md)."""
+    import llama_cpp.llama as module
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    warnings.simplefilter("ignore")
+    default = llama_cpp.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+    monkeypatch.setattr(module.llama_cpp, "llama_model_default_params", params)
+    config = LlamaConfig(vocab_size=264, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
+                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    folder = bake(model, random_adapter(model, counts={0: 5}), tmp_path / "baked", tokenizer=merging_tokenizer())
+    f32, _ = llama_cpp_logits(write_gguf_model(folder, tmp_path / "f32.gguf", "f32"), IDS)
+    q8, _ = llama_cpp_logits(write_gguf_model(folder, tmp_path / "q8.gguf", "q8_0"), IDS)
+    spread = f32.max() - f32.min()
+    print(f"Q8_0 vs f32 in llama.cpp: max |logit difference| {np.abs(q8 - f32).max():.2e} (logit range {spread:.2f})")
+    assert 0 < np.abs(q8 - f32).max() <= 0.05 * spread   # measured 2.2% (Q8_0 weights and activations)
