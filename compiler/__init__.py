@@ -4,7 +4,8 @@
 2. ``capture``     fitting sequences -> ``Activations`` (one model pass, stored by content hash)
 3. ``strategies``  activations -> ``Proposal`` per algorithm and layer, calibrated (``StrategyRow``)
 4. ``program``     proposals -> anchors, applicability, program search -> ``Program`` (lowered to neurons)
-5. ``evaluation``  base / static / adaptive arms on held-out test prompts -> tables, suites, reports
+5. ``lowering``    an adapter -> what other engines load: PEFT LoRA, GGUF (model, control vector), Hub card and push
+6. ``evaluation``  base / static / adaptive arms on held-out test prompts -> tables, suites, reports
 
 ``common`` (datasets, judge, model loading) serves every stage and imports none. A stage imports only
 earlier stages and ``common`` (``tests/compiler/test_import_order.py`` checks it). The drivers on top run
@@ -12,5 +13,6 @@ the stages: ``compile`` (the one compile: ``compile_program`` with a preset that
 adaptive program search by default or the single-strategy preset, then ``evaluate_program`` and
 ``save_program``; ``--add-to``), ``pipeline`` (the steps every preset shares, and the strategy survey),
 ``lofo`` (leave one family out), ``measure_autotester`` (``masteer measure``), ``serve`` and ``cli``.
-Lowering to other destinations (a baked checkpoint) is ``masteer.runtime``'s.
+The baked checkpoint itself is ``masteer.runtime``'s (a consumer bakes without the compiler); ``lowering`` holds
+the destinations that need more than the runtime's dependencies (peft, gguf, huggingface_hub).
 """

@@ -468,5 +468,71 @@ def eval_command(model, adapters, checkpoints, suites, out, samples_path, target
     click.echo("\nwrote " + ", ".join(str(p) for p in paths.values()))
 
 
+@main.group()
+def export() -> None:
+    """Lower an adapter for engines that run no masteer code: PEFT LoRA, llama.cpp GGUF."""
+
+
+@export.command(name="lora")
+@click.argument("adapter", type=click.Path(path_type=Path))
+@click.option("--model", "-m", default=EMBEDDED_NAME, show_default=True, help="The adapter's base model.")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Multiply every strength by this.")
+@_user_errors
+def export_lora(adapter: Path, model: str, out: Path, scale: float) -> None:
+    """Write ADAPTER's always-on vectors and directional ablation as an exact PEFT LoRA (gated programs: bake)."""
+    from masteer.runtime import SteeringAdapter
+    from .common.models import load_model
+    from .lowering.lora import check_lora_lowerable, save_lora
+    steering = SteeringAdapter.load(adapter)
+    check_lora_lowerable(steering)   # before the model loads
+    loaded = load_model(model)
+    path = save_lora(loaded.model, steering, out, scale=scale)
+    click.echo(f"wrote {path}: load it with PeftModel.from_pretrained(base, {str(path)!r}) "
+               f"or AutoModelForCausalLM.from_pretrained({str(path)!r})")
+
+
+@export.command(name="gguf")
+@click.argument("adapter", required=False, type=click.Path(path_type=Path))
+@click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path),
+              help="Instead of ADAPTER: a baked checkpoint folder (`masteer bake`) to write as a GGUF model.")
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The GGUF file to write (e.g. refusal.controlvector.gguf or refusal-f16.gguf).")
+@click.option("--type", "kind", type=click.Choice(["f32", "f16", "q8_0"]), default="f16", show_default=True,
+              help="--checkpoint: the tensor type of the model's matrices.")
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="ADAPTER: multiply every strength by this.")
+@_user_errors
+def export_gguf(adapter: Path | None, checkpoint: Path | None, out: Path, kind: str, scale: float) -> None:
+    """Write ADAPTER's always-on vectors as a llama.cpp control vector, or a baked --checkpoint as a GGUF model."""
+    if (adapter is None) == (checkpoint is None):
+        raise click.UsageError("give either ADAPTER (a control vector) or --checkpoint DIR (a GGUF model)")
+    if checkpoint is not None:
+        from .lowering.gguf_model import write_gguf_model
+        path = write_gguf_model(checkpoint, out, kind)
+        click.echo(f"wrote {path}: run it with llama-cli -m {path}")
+        return
+    from masteer.runtime import SteeringAdapter
+    from .lowering.control_vector import write_control_vector
+    path = write_control_vector(SteeringAdapter.load(adapter), out, scale=scale)
+    click.echo(f"wrote {path}: run it with llama-cli -m BASE.gguf --control-vector {path}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repository as private.")
+@click.option("--revision", help="Push to this branch (created from main if missing); default main.")
+@click.option("--report", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The compile report whose held-out results the card carries (default: the one in FOLDER).")
+@_user_errors
+def push(folder: Path, repo_id: str, private: bool, revision: str | None, report: Path | None) -> None:
+    """Upload FOLDER (an adapter, a LoRA lowering, a baked checkpoint or GGUF files) to the Hub as REPO_ID, with a
+    model card. Token and endpoint as huggingface_hub finds them (HF_TOKEN or `huggingface-cli login`; HF_ENDPOINT)."""
+    from .lowering.hub import push as push_folder
+    url = push_folder(folder, repo_id, private=private, revision=revision, report=report)
+    click.echo(f"pushed {folder} to {repo_id}: {url}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -68,6 +68,11 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 CARD_NAME = "README.md"
 PROGRAM_NAME = "masteer_program.json"   # what a baked checkpoint holds beside its weights (bake.py)
+# PEFT and transformers read ``peft_type`` to pick a PEFT config class; an unknown one stops them with a KeyError
+# that prints this value, so the value is the one line a user pointing them at this folder needs.
+PEFT_TYPE = ("MASTEER: this folder is a masteer steering adapter, not a PEFT one. Attach it with "
+             "masteer.runtime.SteeredModel.from_pretrained(model, folder), or lower it for plain transformers with "
+             "`masteer bake` (or, for always-on and ablation programs, to PEFT LoRA with `masteer export lora`)")
 
 ABLATION_TENSOR = "ablation.direction"
 UNIT_TOL = 1e-4  # how far a stored direction may be from unit length (or orthogonality), float32 rounding
@@ -296,7 +301,7 @@ class SteeringAdapter:
         return {
             "format": FORMAT_NAME,
             "format_version": max(self.format_version, needed),
-            "peft_type": "MASTEER",
+            "peft_type": PEFT_TYPE,
             "masteer_version": __version__,
             "base_model_name_or_path": self.base_model_name_or_path,
             "fingerprint": self.fingerprint.to_dict(),

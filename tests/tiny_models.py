@@ -52,6 +52,22 @@ def tiny_model(kind: str, seed: int = 0):
     return model.float().eval()
 
 
+def tiny_model_random_norms(kind: str, seed: int = 0):
+    """:func:`tiny_model` with random norm weights (and LayerNorm biases), the same for every call.
+
+    Freshly initialised norms have unit weights, and a unit-weight RMSNorm maps a residual free of r to
+    an output free of r: a baked tied LM head would then look right even if it had been orthogonalised
+    too. Random norm weights make every ablation test sensitive to that mistake.
+    """
+    model = tiny_model(kind, seed)
+    gen = torch.Generator().manual_seed(100 + seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ("norm" in name or ".ln_" in name or name.startswith("transformer.ln_f")):
+                param.copy_((1.0 if name.endswith("weight") else 0.0) + 0.3 * torch.randn(param.shape, generator=gen))
+    return model
+
+
 # ----------------------------------------------------------------------------- adapters
 def _empty_adapter(model) -> SteeringAdapter:
     layout = host_layout(model)

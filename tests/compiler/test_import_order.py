@@ -1,7 +1,8 @@
 """The data flows one way: no import cycles anywhere in masteer, and no compiler stage imports a later one.
 
 Every import counts, the ones inside functions too (they are how cycles hide). Stages, in order:
-``common`` (may be used by all), ``samples``, ``capture``, ``strategies``, ``program``, ``evaluation``;
+``common`` (may be used by all), ``samples``, ``capture``, ``strategies``, ``program``, ``lowering``,
+``evaluation``;
 the drivers at the top of ``compiler/`` may import any stage; ``runtime`` never imports ``compiler``.
 """
 
@@ -14,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = {"masteer.runtime": REPO / "runtime", "masteer.compiler": REPO / "compiler"}
-STAGES = ("common", "samples", "capture", "strategies", "program", "evaluation")
+STAGES = ("common", "samples", "capture", "strategies", "program", "lowering", "evaluation")
 MAX_TOP_LEVEL_MODULES = 8
 
 

@@ -22,27 +22,11 @@ from tiny_models import (HIDDEN, NEURON_COUNTS, PAD_ID, left_padded_batch, logit
                          supports_additive_bake)
 from tiny_models import max_diff as _max_diff
 from tiny_models import nonpad as _nonpad
-from tiny_models import tiny_model as _tiny_model
+from tiny_models import tiny_model_random_norms as tiny_model
 
 ATOL = 1e-4
 MIN_EFFECT = 1e-2
 TIED = {"llama": False, "qwen2": True, "gpt2": True}  # tiny_models' configs
-
-
-def tiny_model(kind: str, seed: int = 0):
-    """tiny_models' model with random norm weights (and LayerNorm biases), the same for every call.
-
-    Freshly initialised norms have unit weights, and a unit-weight RMSNorm maps a residual free of r to
-    an output free of r: a baked tied LM head would then look right even if it had been orthogonalised
-    too. Random norm weights make every test below sensitive to that mistake.
-    """
-    model = _tiny_model(kind, seed)
-    gen = torch.Generator().manual_seed(100 + seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if ("norm" in name or ".ln_" in name or name.startswith("transformer.ln_f")):
-                param.copy_((1.0 if name.endswith("weight") else 0.0) + 0.3 * torch.randn(param.shape, generator=gen))
-    return model
 
 
 def _directions(k: int = 2, seed: int = 5) -> torch.Tensor:
