@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 
 from runtime_bench import QUICK, SHAPES, BenchOptions, markdown_table, run_benchmark
-from runtime_bench.options import DTYPES, EMBEDDED
+from runtime_bench.options import CLOCKS, DTYPES, EMBEDDED
 
 
 INT_OPTIONS = ("threads", "rounds", "inner", "prompt_tokens", "new_tokens", "batch", "layers", "neurons", "pad_to",
@@ -81,10 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     result["command"] = " ".join([".venv/bin/python", "tools/bench_runtime.py", *(sys.argv[1:] if argv is None
                                                                                   else argv)])
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
-    print(markdown_table(result))
-    print("resolution (base-again ratio's 95% CI, largest distance from 1): "
-          + (", ".join(f"{w} {v:.1%}" for w, v in result["resolution"].items())
-             or "none: fewer than 6 rounds give no 95% interval"))
+    for clock in CLOCKS:
+        print(markdown_table(result, clock))
+        print(f"{clock} resolution (base-again ratio's 95% CI, largest distance from 1): "
+              + (", ".join(f"{w} {v:.1%}" for w, v in result["resolution"].get(clock, {}).items())
+                 or "none: fewer than 6 rounds give no 95% interval"))
     print(f"load average before {result['machine_before']['load_average']} after {result['load_average_after']}; "
           f"{result['wall_s']:.0f} s; wrote {out}")
     return 0

@@ -45,9 +45,10 @@ def result():
         torch.set_num_threads(threads)
 
 
-def test_every_arm_has_a_row_per_workload_with_finite_times(result):
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_every_arm_has_a_row_per_workload_with_finite_times(result, clock):
     for workload in ("prefill_b1", "prefill_batch", "decode_b1"):
-        rows = {row["arm"]: row for row in result["rows"] if row["workload"] == workload}
+        rows = {row["arm"]: row for row in result["rows"] if row["workload"] == workload and row["clock"] == clock}
         assert sorted(rows) == sorted(MASTEER_ARMS + PEER_ARMS), workload
         for arm, row in rows.items():
             if "error" in row:  # only a peer may fail, and its failure is kept as text
@@ -56,7 +57,7 @@ def test_every_arm_has_a_row_per_workload_with_finite_times(result):
             assert row["rounds"] == 2
             assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("median_ms", "min_ms", "max_ms")), row
             assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
-            assert len(result["raw_seconds"][workload][arm]) == 2
+            assert len(result["raw_seconds"][clock][workload][arm]) == 2
     failed = [(row["workload"], row["arm"]) for row in result["rows"] if "error" in row]
     assert all(arm not in MASTEER_ARMS for _, arm in failed), failed
 
@@ -80,7 +81,7 @@ def test_ratios_are_paired_per_round():
     base = [1.0, 2.0, 4.0, 1.0, 2.0, 4.0]  # drift between rounds, the arm always 10% slower than base
     times = {w: {"base": base, "base-again": list(base), "adapter": [1.1 * t for t in base]}
              for w in ("prefill_b1", "prefill_batch", "decode_b1")}
-    rows = stats.summarise(times, {w: {} for w in times})
+    rows = stats.summarise(times, {w: {} for w in times}, "cpu")
     adapter = next(r for r in rows if r["arm"] == "adapter" and r["workload"] == "decode_b1")
     assert adapter["ratio_median"] == pytest.approx(1.1) and adapter["ratio_ci95"] == pytest.approx([1.1, 1.1])
-    assert stats.resolution(rows) == {w: pytest.approx(0.0) for w in times}
+    assert stats.resolution(rows) == {"cpu": {w: pytest.approx(0.0) for w in times}}

@@ -30,6 +30,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 BASE, BASE_AGAIN, ADAPTER, BAKED = "base", "base-again", "adapter", "baked"
 STEERING_VECTORS, REPENG = "steering-vectors", "repeng"
 WORKLOADS = ("prefill_b1", "prefill_batch", "decode_b1")
+CLOCKS = ("wall", "cpu")  # wall clock, and this process's CPU time (the work, not the wait, on a shared CPU)
 
 
 @dataclass

@@ -27,14 +27,14 @@ def median_interval(values: list[float], level: float = 0.95) -> tuple[float, fl
     return None if best is None else (ordered[best - 1], ordered[n - best])
 
 
-def summarise(times: dict, errors: dict) -> list[dict]:
-    """One row per (workload, arm): time statistics in ms and the paired per-round ratio to base."""
+def summarise(times: dict, errors: dict, clock: str = "wall") -> list[dict]:
+    """One row per (workload, arm) of one clock: time statistics in ms and the paired per-round ratio to base."""
     rows = []
     for workload in WORKLOADS:
         base = times[workload].get(BASE)
         for arm, values in times[workload].items():
             ms = [1000 * v for v in values]
-            row = {"workload": workload, "arm": arm, "rounds": len(ms), "median_ms": quantile(ms, 0.5),
+            row = {"clock": clock, "workload": workload, "arm": arm, "rounds": len(ms), "median_ms": quantile(ms, 0.5),
                    "q1_ms": quantile(ms, 0.25), "q3_ms": quantile(ms, 0.75), "min_ms": min(ms), "max_ms": max(ms)}
             if base:
                 ratios = [v / b for v, b in zip(values, base)]
@@ -43,21 +43,26 @@ def summarise(times: dict, errors: dict) -> list[dict]:
                            ratio_q3=quantile(ratios, 0.75), ratio_ci95=list(interval) if interval else None)
             rows.append(row)
         for arm, error in errors[workload].items():
-            rows.append({"workload": workload, "arm": arm, "rounds": 0, "error": error})
+            rows.append({"clock": clock, "workload": workload, "arm": arm, "rounds": 0, "error": error})
     return rows
 
 
-def resolution(rows: list[dict]) -> dict[str, float]:
-    """Per workload, the largest distance of base-again's ratio interval from 1: the smallest difference that
-    the run can tell apart from noise (a 3% goal needs this at or below 0.03)."""
-    return {r["workload"]: max(1 - r["ratio_ci95"][0], r["ratio_ci95"][1] - 1)
-            for r in rows if r["arm"] == BASE_AGAIN and r.get("ratio_ci95")}
+def resolution(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per clock and workload, the largest distance of base-again's ratio interval from 1: the smallest
+    difference that the run can tell apart from noise (a 3% goal needs this at or below 0.03)."""
+    found: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r["arm"] == BASE_AGAIN and r.get("ratio_ci95"):
+            found.setdefault(r["clock"], {})[r["workload"]] = max(1 - r["ratio_ci95"][0], r["ratio_ci95"][1] - 1)
+    return found
 
 
-def markdown_table(result: dict) -> str:
-    """The rows as a markdown table: median ms [IQR], min-max, and the ratio to base with its 95% interval."""
-    lines = ["| workload | arm | median ms [IQR] | min-max ms | x base (median, 95% CI) |", "|---|---|---|---|---|"]
-    for row in result["rows"]:
+def markdown_table(result: dict, clock: str = "wall") -> str:
+    """One clock's rows as a markdown table: median ms [IQR], min-max, and the ratio to base with its 95%
+    interval."""
+    lines = [f"| workload | arm | {clock} median ms [IQR] | min-max ms | x base (median, 95% CI) |",
+             "|---|---|---|---|---|"]
+    for row in (r for r in result["rows"] if r["clock"] == clock):
         if "error" in row:
             lines.append(f"| {row['workload']} | {row['arm']} | failed: {row['error'][:90]} | | |")
             continue

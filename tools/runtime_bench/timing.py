@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from .arms import Arm
-from .options import WORKLOADS, BenchOptions
+from .options import CLOCKS, WORKLOADS, BenchOptions
 
 
 def workload_inputs(options: BenchOptions, vocab: int) -> dict[str, dict]:
@@ -42,24 +42,28 @@ def synchronise(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(arm: Arm, call: Callable[[], object], device: str, inner: int) -> float:
-    """Seconds per call: ``inner`` calls back to back with the arm switched on, device work included."""
+def measure(arm: Arm, call: Callable[[], object], device: str, inner: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per call: ``inner`` calls back to back with the arm switched on, device work included.
+
+    The CPU seconds are this process's, all threads: on a CPU shared with other jobs they count the work done,
+    not the time spent waiting for a core, so they are far less noisy than the wall clock there. On a GPU they
+    mean little (the host waits); read the wall clock."""
     with arm.active():
         synchronise(device)
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(inner):
             call()
         synchronise(device)
-        return (time.perf_counter() - start) / inner
+        return (time.perf_counter() - wall) / inner, (time.process_time() - cpu) / inner
 
 
 def run_rounds(arms: list[Arm], options: BenchOptions, inputs: dict[str, dict],
                log: Callable[[str], None] = print) -> tuple[dict, dict]:
     """Warm every (workload, arm) once, then ``rounds`` interleaved rounds.
 
-    Returns ({workload: {arm: [seconds per round]}}, {workload: {arm: error}}); an arm whose warm-up raised is
-    recorded with the error and left out of the rounds."""
-    times = {w: {a.name: [] for a in arms} for w in WORKLOADS}
+    Returns ({clock: {workload: {arm: [seconds per round]}}} for the clocks ``wall`` and ``cpu``,
+    {workload: {arm: error}}); an arm whose warm-up raised is recorded with the error and left out of the rounds."""
+    times = {clock: {w: {a.name: [] for a in arms} for w in WORKLOADS} for clock in CLOCKS}
     errors: dict[str, dict[str, str]] = {w: {} for w in WORKLOADS}
     with torch.inference_mode():
         for workload in WORKLOADS:
@@ -71,15 +75,18 @@ def run_rounds(arms: list[Arm], options: BenchOptions, inputs: dict[str, dict],
                     last = traceback.extract_tb(exc.__traceback__)[-1]
                     errors[workload][arm.name] = (f"{type(exc).__name__}: {exc} "
                                                   f"(at {Path(last.filename).name}:{last.lineno})")
-                    times[workload].pop(arm.name)
+                    for clock in CLOCKS:
+                        times[clock][workload].pop(arm.name)
                     log(f"  {workload:13s} {arm.name}: FAILED {errors[workload][arm.name]}")
         for r in range(options.rounds):
             started = time.perf_counter()
             order = arms[r % len(arms):] + arms[:r % len(arms)]  # rotate: no arm always runs first
             for workload in WORKLOADS:
                 for arm in order:
-                    if arm.name in times[workload]:
+                    if arm.name in times["wall"][workload]:
                         call = workload_call(workload, arm.model, inputs[workload], options.new_tokens)
-                        times[workload][arm.name].append(measure(arm, call, options.device, options.inner))
+                        seconds = measure(arm, call, options.device, options.inner)
+                        for clock, value in zip(CLOCKS, seconds):
+                            times[clock][workload][arm.name].append(value)
             log(f"  round {r + 1}/{options.rounds}: {time.perf_counter() - started:.1f} s")
     return times, errors
