@@ -26,23 +26,32 @@ def baked_checkpoint(model, adapter, in_memory: bool) -> torch.nn.Module:
     return loaded.eval()
 
 
+def zero_program(model, neurons: int, bias: bool = False):
+    """An adapter that computes nothing: ``neurons`` zero neurons (zero gate, up and direction rows) on layer 0,
+    and a zero always-on vector if ``bias`` (baking it switches on the host's MLP biases). Merged, it widens
+    every layer's MLP (and adds the biases) while the model's logits stay exactly the same."""
+    from masteer.runtime import SteeringAdapter, host_layout, model_fingerprint
+    from masteer.runtime.hosts import activation_name
+    hidden = model.config.hidden_size
+    adapter = SteeringAdapter(base_model_name_or_path="zeros", fingerprint=model_fingerprint(model),
+                              host_form=host_layout(model).form, activation=activation_name(model))
+    for k in range(neurons):
+        adapter.add_neuron(0, f"zero{k}", gate=torch.zeros(hidden), up=torch.zeros(hidden),
+                           direction=torch.zeros(hidden), strength=0.0)
+    if bias:
+        axis = torch.zeros(hidden)
+        axis[0] = 1.0
+        adapter.add_additive(0, "zero-vector", direction=axis, strength=0.0)
+    return adapter
+
+
 def padded_copy(baked, multiple: int) -> torch.nn.Module:
     """A copy of a baked model whose MLP width is rounded up to ``multiple`` with zero neurons.
 
-    The zero neurons are baked the same way steering neurons are (a runtime merge of an adapter whose neurons
-    have zero gate, up and direction rows), so this needs no bake option: it computes exactly what ``baked``
-    does, only with an aligned width."""
-    from masteer.runtime import SteeringAdapter, host_layout, merge_into_model, model_fingerprint
-    from masteer.runtime.hosts import activation_name, intermediate_size
-    width = intermediate_size(baked)
-    extra = -width % multiple
+    The zero neurons are baked the way steering neurons are (a runtime merge of :func:`zero_program`), so this
+    needs no bake option: it computes exactly what ``baked`` does, only with an aligned width."""
+    from masteer.runtime import merge_into_model
+    from masteer.runtime.hosts import intermediate_size
+    extra = -intermediate_size(baked) % multiple
     padded = copy.deepcopy(baked)
-    if extra == 0:
-        return padded
-    zeros = SteeringAdapter(base_model_name_or_path="padding", fingerprint=model_fingerprint(baked),
-                            host_form=host_layout(baked).form, activation=activation_name(baked))
-    hidden = baked.config.hidden_size
-    for k in range(extra):
-        zeros.add_neuron(0, f"pad{k}", gate=torch.zeros(hidden), up=torch.zeros(hidden), direction=torch.zeros(hidden),
-                         strength=0.0)
-    return merge_into_model(padded, zeros).eval()
+    return merge_into_model(padded, zero_program(baked, extra)).eval() if extra else padded
