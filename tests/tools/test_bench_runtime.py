@@ -1,0 +1,87 @@
+"""The runtime benchmark's core (tools/runtime_bench) on the tiny random Llama: it measures every arm, records a
+peer's failure instead of crashing, and its masteer arms compute equal logits. No timing is asserted (speed goals
+live in the benchmark's own output, docs/benchmarks/runtime.md); only that the times are there and finite.
+
+tools/ is not a package on the path: the core is loaded from its folder by file location.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+MASTEER_ARMS = ("base", "base-again", "adapter", "baked", "baked-pad64")
+PEER_ARMS = ("steering-vectors", "repeng")
+
+
+def load_core():
+    folder = TOOLS / "runtime_bench"
+    spec = importlib.util.spec_from_file_location("runtime_bench", folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["runtime_bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+core = load_core()
+stats = importlib.import_module("runtime_bench.stats")
+
+
+@pytest.fixture(scope="module")
+def result():
+    threads = torch.get_num_threads()
+    try:
+        options = core.BenchOptions(shape="tiny", rounds=2, prompt_tokens=8, new_tokens=4, batch=4, pad_to=64)
+        yield core.run_benchmark(options, log=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_every_arm_has_a_row_per_workload_with_finite_times(result, clock):
+    for workload in ("prefill_b1", "prefill_batch", "decode_b1"):
+        rows = {row["arm"]: row for row in result["rows"] if row["workload"] == workload and row["clock"] == clock}
+        assert sorted(rows) == sorted(MASTEER_ARMS + PEER_ARMS), workload
+        for arm, row in rows.items():
+            if "error" in row:  # only a peer may fail, and its failure is kept as text
+                assert arm in PEER_ARMS and row["error"], (workload, arm)
+                continue
+            assert row["rounds"] == 2
+            assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("median_ms", "min_ms", "max_ms")), row
+            assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+            assert len(result["raw_seconds"][clock][workload][arm]) == 2
+    failed = [(row["workload"], row["arm"]) for row in result["rows"] if "error" in row]
+    assert all(arm not in MASTEER_ARMS for _, arm in failed), failed
+
+
+def test_adapter_baked_and_padded_logits_are_equal_and_steered(result):
+    checks, built = result["logit_checks"], result["built"]
+    assert checks["adapter_vs_base"] > 0.01 * checks["logit_scale"]  # the adapter really changes the logits
+    assert checks["adapter_vs_baked"] <= 1e-5
+    assert checks["baked_vs_baked-pad64"] <= 1e-5
+    assert checks["steering-vectors_vs_base"] > 0.01 * checks["logit_scale"]
+    assert (built["base_mlp_width"], built["baked_mlp_width"], built["padded_mlp_width"]) == (96, 98, 128)
+
+
+def test_median_interval_uses_binomial_order_statistics():
+    assert stats.median_interval(list(range(1, 13))) == (3, 10)  # n=12: x_(3)..x_(10) covers 96.1%
+    assert stats.median_interval([5.0, 1.0, 3.0, 2.0, 4.0]) is None  # 5 values: the range covers 93.8% < 95%
+    assert stats.quantile([1.0, 2.0, 3.0, 4.0], 0.25) == 1.75  # numpy's linear interpolation
+
+
+def test_ratios_are_paired_per_round():
+    base = [1.0, 2.0, 4.0, 1.0, 2.0, 4.0]  # drift between rounds, the arm always 10% slower than base
+    times = {w: {"base": base, "base-again": list(base), "adapter": [1.1 * t for t in base]}
+             for w in ("prefill_b1", "prefill_batch", "decode_b1")}
+    rows = stats.summarise(times, {w: {} for w in times}, "cpu")
+    adapter = next(r for r in rows if r["arm"] == "adapter" and r["workload"] == "decode_b1")
+    assert adapter["ratio_median"] == pytest.approx(1.1) and adapter["ratio_ci95"] == pytest.approx([1.1, 1.1])
+    assert stats.resolution(rows) == {"cpu": {w: pytest.approx(0.0) for w in times}}

@@ -1,0 +1,29 @@
+"""Logit checks run before timing: every arm steers, and the lowerings compute what the adapter does."""
+
+from __future__ import annotations
+
+import torch
+
+from .arms import Arm
+from .options import ADAPTER, BAKED, BASE, BASE_AGAIN
+
+
+@torch.no_grad()
+def logit_checks(arms: list[Arm], inputs: dict) -> dict[str, float]:
+    """Max |logit difference| on a prefill batch: each arm against base (it steers), the adapter against the
+    baked checkpoint and the baked against the padded one (both should be float rounding)."""
+    logits = {}
+    for arm in arms:
+        with arm.active():
+            try:
+                logits[arm.name] = arm.model(**inputs).logits.float()
+            except Exception:  # noqa: BLE001 - the failure is recorded by run_rounds
+                continue
+    checks = {f"{name}_vs_base": float((value - logits[BASE]).abs().max()) for name, value in logits.items()
+              if name not in (BASE, BASE_AGAIN)}
+    checks["adapter_vs_baked"] = float((logits[ADAPTER] - logits[BAKED]).abs().max())
+    padded = [name for name in logits if name.startswith("baked-pad")]
+    for name in padded:
+        checks[f"baked_vs_{name}"] = float((logits[BAKED] - logits[name]).abs().max())
+    checks["logit_scale"] = float(logits[BASE].abs().max())
+    return checks

@@ -1,0 +1,92 @@
+"""Workloads and the interleaved timing rounds."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .arms import Arm
+from .options import CLOCKS, WORKLOADS, BenchOptions
+
+
+def workload_inputs(options: BenchOptions, vocab: int) -> dict[str, dict]:
+    """Random token ids (no special ids, no padding), one input set per workload."""
+    gen = torch.Generator().manual_seed(options.seed + 3)
+
+    def ids(batch: int) -> dict:
+        tokens = torch.randint(3, vocab, (batch, options.prompt_tokens), generator=gen).to(options.device)
+        return {"input_ids": tokens, "attention_mask": torch.ones_like(tokens)}
+    return {"prefill_b1": ids(1), "prefill_batch": ids(options.batch), "decode_b1": ids(1)}
+
+
+def workload_call(name: str, model, inputs: dict, new_tokens: int) -> Callable[[], object]:
+    if name.startswith("prefill"):
+        return lambda: model(**inputs, use_cache=True, logits_to_keep=1)
+
+    def decode():
+        out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                             pad_token_id=0)
+        if out.shape[1] != inputs["input_ids"].shape[1] + new_tokens:
+            raise RuntimeError(f"decode produced {out.shape[1] - inputs['input_ids'].shape[1]} tokens, "
+                               f"not {new_tokens}")
+        return out
+    return decode
+
+
+def synchronise(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(arm: Arm, call: Callable[[], object], device: str, inner: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per call: ``inner`` calls back to back with the arm switched on, device work included.
+
+    The CPU seconds are this process's, all threads: on a CPU shared with other jobs they count the work done,
+    not the time spent waiting for a core, so they are far less noisy than the wall clock there. On a GPU they
+    mean little (the host waits); read the wall clock."""
+    with arm.active():
+        synchronise(device)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(inner):
+            call()
+        synchronise(device)
+        return (time.perf_counter() - wall) / inner, (time.process_time() - cpu) / inner
+
+
+def run_rounds(arms: list[Arm], options: BenchOptions, inputs: dict[str, dict],
+               log: Callable[[str], None] = print) -> tuple[dict, dict]:
+    """Warm every (workload, arm) once, then ``rounds`` interleaved rounds.
+
+    Returns ({clock: {workload: {arm: [seconds per round]}}} for the clocks ``wall`` and ``cpu``,
+    {workload: {arm: error}}); an arm whose warm-up raised is recorded with the error and left out of the rounds."""
+    times = {clock: {w: {a.name: [] for a in arms} for w in WORKLOADS} for clock in CLOCKS}
+    errors: dict[str, dict[str, str]] = {w: {} for w in WORKLOADS}
+    with torch.inference_mode():
+        for workload in WORKLOADS:
+            for arm in arms:
+                try:
+                    measure(arm, workload_call(workload, arm.model, inputs[workload], options.new_tokens),
+                            options.device, 1)
+                except Exception as exc:  # noqa: BLE001 - a peer failing is a result, recorded verbatim
+                    last = traceback.extract_tb(exc.__traceback__)[-1]
+                    errors[workload][arm.name] = (f"{type(exc).__name__}: {exc} "
+                                                  f"(at {Path(last.filename).name}:{last.lineno})")
+                    for clock in CLOCKS:
+                        times[clock][workload].pop(arm.name)
+                    log(f"  {workload:13s} {arm.name}: FAILED {errors[workload][arm.name]}")
+        for r in range(options.rounds):
+            started = time.perf_counter()
+            order = arms[r % len(arms):] + arms[:r % len(arms)]  # rotate: no arm always runs first
+            for workload in WORKLOADS:
+                for arm in order:
+                    if arm.name in times["wall"][workload]:
+                        call = workload_call(workload, arm.model, inputs[workload], options.new_tokens)
+                        seconds = measure(arm, call, options.device, options.inner)
+                        for clock, value in zip(CLOCKS, seconds):
+                            times[clock][workload][arm.name].append(value)
+            log(f"  round {r + 1}/{options.rounds}: {time.perf_counter() - started:.1f} s")
+    return times, errors
