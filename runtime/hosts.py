@@ -4,14 +4,22 @@ masteer compiles a strategy into extra neurons *of the host's own MLP form*, so 
 plain concatenation. This table is the only place that knows module names per architecture; a new
 host is one more ``HostLayout`` row.
 
-- gated: ``down(act(gate(x)) * up(x))`` (Llama, Qwen2, Mistral, Gemma, SmolLM);
+- gated: ``down(act(gate(x)) * up(x))`` (Llama, Qwen2, Mistral, Gemma 1-3, SmolLM);
 - plain: ``down(act(fc(x) + b))`` (GPT-2, GPT-NeoX).
 
 Directional ablation needs every module that *writes into the residual stream*: the embeddings
 (token, and learned positions where the host has them), each attention output projection and each
 MLP. The table names those too, and says where a host normalises a sublayer's output before adding
-it to the residual (Gemma-2): there the residual cannot be kept free of a direction by editing the
-writers' weights, so ablation is refused on such hosts.
+it to the residual (Gemma-2 and Gemma-3): there the residual cannot be kept free of a direction by
+editing the writers' weights, so ablation is refused on such hosts.
+
+On those hosts steering neurons still bake exactly: the runtime adds the steering delta to the MLP's
+output, i.e. *before* the post-MLP norm, which is where widened ``down_proj`` columns write too. What
+reaches the residual stream is ``norm(m + delta) - norm(m)`` (``m`` the MLP's own output), not
+``delta``: each coordinate is scaled by the norm's gain, the write is divided by the RMS of
+``m + delta`` (so it saturates as the strength grows, and a large one also shrinks the MLP's own
+output), and a direction fitted in residual space arrives bent by the gain
+(``tools/post_norm_direction.py`` measures this on Gemma-3-270m).
 """
 
 from __future__ import annotations
@@ -47,6 +55,10 @@ class HostLayout:
 
 _LLAMA_LIKE = HostLayout(GATED, "model.layers", "mlp", "act_fn", ("gate_proj", "up_proj"), "down_proj",
                          "intermediate_size")
+# Gemma-2/3: the same gated MLP, but post_attention_layernorm / post_feedforward_layernorm normalise each
+# sublayer's output before the residual add.
+_GEMMA2_LIKE = HostLayout(GATED, "model.layers", "mlp", "act_fn", ("gate_proj", "up_proj"), "down_proj",
+                          "intermediate_size", sublayer_output_norm=True)
 
 LAYOUTS: dict[str, HostLayout] = {
     "llama": HostLayout(GATED, "model.layers", "mlp", "act_fn", ("gate_proj", "up_proj"), "down_proj",
@@ -55,8 +67,8 @@ LAYOUTS: dict[str, HostLayout] = {
     "qwen3": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
-    "gemma2": HostLayout(GATED, "model.layers", "mlp", "act_fn", ("gate_proj", "up_proj"), "down_proj",
-                         "intermediate_size", sublayer_output_norm=True),
+    "gemma2": _GEMMA2_LIKE,
+    "gemma3_text": _GEMMA2_LIKE,   # Gemma3ForCausalLM (e.g. gemma-3-270m, 1b); same MLP and sandwich norms
     "smollm3": _LLAMA_LIKE,
     "gpt2": HostLayout(PLAIN, "transformer.h", "mlp", "act", ("c_fc",), "c_proj", "n_inner", conv1d=True,
                        attn_attr="attn", attn_out_proj="c_proj", extra_embeddings=("transformer.wpe",)),
