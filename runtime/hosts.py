@@ -17,9 +17,14 @@ On those hosts steering neurons still bake exactly: the runtime adds the steerin
 output, i.e. *before* the post-MLP norm, which is where widened ``down_proj`` columns write too. What
 reaches the residual stream is ``norm(m + delta) - norm(m)`` (``m`` the MLP's own output), not
 ``delta``: each coordinate is scaled by the norm's gain, the write is divided by the RMS of
-``m + delta`` (so it saturates as the strength grows, and a large one also shrinks the MLP's own
-output), and a direction fitted in residual space arrives bent by the gain
-(``tools/post_norm_direction.py`` measures this on Gemma-3-270m).
+``m + delta`` (so it saturates as the strength grows, and a large one also swamps the MLP's own
+output), and a direction fitted in residual space arrives bent by the gain. Measured on Gemma-3-270m
+(``tools/post_norm_direction.py``): the gain ``1 + g`` runs from about -0.8 to 790 (median 13-146 at
+layers 6-12) while the MLP's own output has norm 2-3; a mean-difference direction arrives with cosine
+0.70-0.89 to itself, the write saturates once ``|delta|`` passes about 4 times ``|m|``, at 6 times the
+size of the MLP's normal write. Pre-dividing the direction by the gain makes the cosine worse
+(0.14-0.75), so the compiler does not; its strength calibration (KL on neutral prompts) sees the real,
+normalised effect either way.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ def check_bake(model, adapter, inputs: dict, folder, pad_id: int, new_tokens: in
     with plain transformers; compare logits on ``inputs`` (left padded) and greedy KV-cache generation.
     ``model`` is consumed (baked in place)."""
     mask = inputs["attention_mask"].bool()
+    dtype = next(model.parameters()).dtype
     steered = SteeredModel(model, adapter)
     with torch.no_grad():
         steered_logits = steered(**inputs).logits.float()
@@ -52,7 +53,7 @@ def check_bake(model, adapter, inputs: dict, folder, pad_id: int, new_tokens: in
     nocache_gen = greedy(steered, inputs, new_tokens, pad_id, use_cache=False)
     save_baked(steered.merge_and_unload(), folder, adapter=adapter)
     del steered, model
-    baked = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    baked = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
     with torch.no_grad():
         baked_logits = baked(**inputs).logits.float()
     baked_gen = greedy(baked, inputs, new_tokens, pad_id)

