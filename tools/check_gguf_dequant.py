@@ -156,7 +156,8 @@ def check_tokenizer(reader: GGUFReader, checkpoint: Path) -> list[str]:
     add_bos = bool(_field(reader, "tokenizer.ggml.add_bos_token"))
     if (ids[0] == tok.bos_token_id) != add_bos:
         problems.append(f"BOS rule: first id {ids[0]}, GGUF add_bos_token {add_bos}")
-    if tok.convert_ids_to_tokens(ids) != [tokens[i] for i in ids]:
+    # llama.cpp keeps SentencePiece whitespace tokens with real spaces ("  "); transformers shows them as "▁▁"
+    if tok.convert_ids_to_tokens(ids) != [tokens[i].replace(" ", "\u2581") for i in ids]:
         problems.append("token strings differ from the GGUF vocabulary")
     if tok.decode(ids, skip_special_tokens=True) != text:
         problems.append("decode(encode(text)) != text")
