@@ -23,9 +23,10 @@ output), and a direction fitted in residual space arrives bent by the gain. Meas
 layers 6-12) while the MLP's own output has norm 2-3; a mean-difference direction arrives with cosine
 0.70-0.89 to itself, the write saturates once ``|delta|`` passes about 4 times ``|m|``, at 6 times the
 size of the MLP's normal write. Pre-dividing the direction by the gain makes the cosine worse
-(0.14-0.75), so the compiler does not. Strength is the catch: a direction fitted in residual units
-is some 500-1000 times what the pre-norm MLP output is there (|m| 2-3 against |norm(m)| 1000-3100), so
-every strength of the library's grid lies past saturation (issue 17's notes).
+(0.14-0.75), so the compiler does not. Strength is the catch: a mean-difference direction fitted in
+residual units is 570-1700 times |m| at strength 1 (layers 6-12), so the library's whole grid
+(0.25-4 times the fitted direction) lies past saturation; the compiler would need strengths in units of
+the pre-norm MLP output on such hosts (issue 17's notes).
 """
 
 from __future__ import annotations

@@ -67,11 +67,13 @@ def main() -> None:
         norm = decoder_layers(model)[layer].post_feedforward_layernorm
         gain = 1.0 + norm.weight.float()
         d = last_h[layer].mean(0) - last_b[layer].mean(0)
+        fitted = d.norm().item()   # the size of a mean-difference strategy at strength 1
         d = d / d.norm()
         m = torch.cat([m_h[layer], m_b[layer]])
         unit = m.norm(dim=-1).mean().item()
         print(f"layer {layer}: gain 1+g min {gain.min():.2f} median {gain.median():.2f} max {gain.max():.2f}; "
-              f"mean |MLP output| {unit:.1f}; mean |norm(MLP output)| {norm(m).norm(dim=-1).mean():.1f}")
+              f"mean |MLP output| {unit:.1f}; mean |norm(MLP output)| {norm(m).norm(dim=-1).mean():.1f}; "
+              f"|mean difference| {fitted:.1f} ({fitted / unit:.0f} x |MLP output|)")
         for label, direction in (("d", d), ("d/(1+g)", (d / gain) / (d / gain).norm())):
             cells = []
             for s in STRENGTHS:
