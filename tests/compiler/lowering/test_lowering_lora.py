@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from masteer.compiler import cli
 from masteer.compiler.lowering.lora import plan_lora, save_lora
 from masteer.runtime import LoweringError, attach, merge_into_model
-from tiny_models import HIDDEN, MODEL_KINDS, byte_tokenizer, left_padded_batch, logits, max_diff, random_adapter
+from tiny_models import HIDDEN, MODEL_KINDS, left_padded_batch, logits, max_diff, random_adapter
 from tiny_models import tiny_model_random_norms as tiny_model
 
 ATOL = 1e-4
@@ -167,12 +167,23 @@ def test_peft_and_transformers_pointed_at_a_masteer_adapter_say_what_to_do(tmp_p
         assert "masteer steering adapter" in message and "masteer bake" in message and "\n" not in message
 
 
+def small_tokenizer(size: int):
+    """A word-level tokenizer with ``size`` tokens: a saved model folder needs one that fits its embedding
+    (loading refuses a tokenizer larger than the vocabulary), and the byte tokenizer has 259."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {"<pad>": 0, "<unk>": 1, "<eos>": 2, **{f"w{i}": i for i in range(3, size)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")
+
+
 def test_export_lora_through_the_cli(tmp_path):
     from peft import PeftModel
     model, batch = tiny_model("gpt2"), left_padded_batch()
     model_dir = tmp_path / "model"
     model.save_pretrained(model_dir)
-    byte_tokenizer().save_pretrained(model_dir)
+    small_tokenizer(model.config.vocab_size).save_pretrained(model_dir)   # within the model's vocabulary
     adapter = program(model, "both")
     steered = runtime_logits(model, adapter, batch)
     adapter.save(tmp_path / "adapter")
