@@ -12,8 +12,6 @@ program, ``test`` is only generated from, once, for the before/after table. The 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch
 
 from masteer.runtime import SteeringAdapter, host_layout, model_fingerprint
 from masteer.runtime.errors import MasteerError
+from masteer.runtime.output_folder import check_folder_can_be_written
 from masteer.runtime.hosts import activation_name
 
 from .capture.activation_store import ActivationStore
@@ -203,20 +202,7 @@ def check_output_folder(out: str | Path) -> Path:
     """Before any work: ``out`` can be written as a folder. It is not a file, and its nearest existing parent
     takes a new folder (tried, not inferred from permission bits, which say nothing to root or about a
     read-only file system): a compile must not run for half an hour and then fail to save."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MasteerError(f"--out {out} is a file; give a folder path")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise MasteerError(f"--out {out}: {parent} is not a folder")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=parent))
-    except OSError as exc:
-        raise MasteerError(f"--out {out} cannot be written: {parent} does not take a new folder "
-                           f"({exc.strerror or exc})") from None
-    return out
+    return check_folder_can_be_written(out)
 
 
 def check_compile_samples(recipe: Recipe, samples: SampleSet, evaluate: bool, need_val: bool) -> None:

@@ -81,6 +81,15 @@ def _check_is_folder_path(out: Path, option: str) -> None:
         raise MasteerError(f"{option} {out} is a file; give a folder path")
 
 
+def check_folder_can_be_written(out: str | os.PathLike, option: str = "--out") -> Path:
+    """``out`` is not a file and its nearest existing parent takes a new folder: the least every folder output
+    needs, checked before long work (the compile checks this much from Python too)."""
+    out = Path(out)
+    _check_is_folder_path(out, option)
+    check_parent_takes_a_folder(out, option)
+    return out
+
+
 def check_output_folder(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (),
                         overwrite: bool = False, option: str = "--out") -> Path:
     """Before any work: ``out`` may be replaced as a whole (module docstring); returns it as a Path."""

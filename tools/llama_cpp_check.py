@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from masteer.runtime.atomic import atomic_write_text
+
 
 def transformers_answers(model, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
     out = []
@@ -134,11 +136,9 @@ def main(argv=None) -> int:
                 report(results, prompts, tokenizer, reference, arm, "llama.cpp", kind, answers,
                        time.perf_counter() - start, is_refusal)
                 if args.json:   # after every engine: a long run stopped early keeps what it measured
-                    args.json.parent.mkdir(parents=True, exist_ok=True)
-                    args.json.write_text(json.dumps(results, indent=2) + "\n")
+                    atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -24,16 +24,13 @@ from pathlib import Path
 
 import torch
 
+from masteer.runtime.atomic import atomic_write_text
+
 
 def batch(tokenizer, prompts):
     from masteer.compiler.capture.activations import encode_prompt
-    rows = [encode_prompt(tokenizer, p) for p in prompts]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
+    from masteer.compiler.common.batching import left_pad
+    ids, mask = left_pad([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -110,8 +107,7 @@ def main(argv=None) -> int:
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -15,13 +15,14 @@ block 0.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
 from masteer.runtime.artifact import ADDITIVE, SteeringAdapter
 from masteer.runtime.errors import LoweringError
 
-from .files import write_atomically
+from .files import finish_gguf, write_atomically
 
 ARCHITECTURE = "controlvector"
 # transformers model_type -> llama.cpp architecture name (the model hint llama.cpp users see)
@@ -66,10 +67,7 @@ def write_control_vector(adapter: SteeringAdapter, path: str | os.PathLike, scal
         for n in range(1, layers):
             vector = vectors.get(n, torch.zeros(hidden))
             writer.add_tensor(f"direction.{n}", vector.numpy().astype("float32"))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        finish_gguf(writer)
     return write_atomically(path, write)
 
 

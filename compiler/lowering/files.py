@@ -22,3 +22,11 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> P
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def finish_gguf(writer) -> None:
+    """Write a filled ``gguf.GGUFWriter`` out in the order it requires (header, metadata, tensors) and close it."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

@@ -24,7 +24,7 @@ import torch
 
 from masteer.runtime.errors import LoweringError, MasteerError
 
-from .files import write_atomically
+from .files import finish_gguf, write_atomically
 
 TYPES = ("f32", "f16", "q8_0")
 ARCHS = {"llama": "LLAMA", "qwen2": "QWEN2"}   # transformers model_type -> gguf.MODEL_ARCH member
@@ -141,10 +141,7 @@ def write_gguf_model(checkpoint: str | os.PathLike, path: str | os.PathLike, kin
                 tensor = permute_for_llama_cpp(tensor, heads if "q_proj" in hf_name else kv_heads)
             data, raw_dtype = _encode(tensor.float().numpy(), kind)
             writer.add_tensor(name, data, raw_dtype=raw_dtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        finish_gguf(writer)
 
     return write_atomically(path, write)
 
