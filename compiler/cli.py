@@ -137,6 +137,14 @@ def _parse_layers(ctx, param, value: str | None) -> tuple[int, ...] | None:
     return layers
 
 
+def _quiet(ctx, param, value: bool) -> bool:
+    """``--quiet`` also silences transformers' own bars (loading weights), not only masteer's."""
+    if value:
+        from transformers.utils import logging as transformers_logging
+        transformers_logging.disable_progress_bar()
+    return value
+
+
 def _compile_options(func):
     options = [
         click.argument("recipe"),
@@ -171,8 +179,12 @@ def _compile_options(func):
         click.option("--no-eval", is_flag=True, help="Skip the before/after evaluation on the test split."),
         click.option("--no-suites", is_flag=True, help="Only the quick judged table: skip the evaluation suites "
                                                        "(MMLU, perplexity, KL with intervals)."),
+        click.option("--full-report", is_flag=True, help="adaptive mode: also the diagnostics (the program decided "
+                                                         "per prompt, its first strategy alone, fluency, teacher-forced "
+                                                         "effect and KL, gate reports, breakdowns, the static frontier); "
+                                                         "about twice the evaluation time."),
         click.option("--max-new-tokens", type=click.IntRange(min=1), help="Tokens generated per evaluation prompt."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
+        click.option("--quiet", "-q", is_flag=True, callback=_quiet, help="No progress bars."),
         click.option("--no-cache", is_flag=True, help="Capture activations again even if a stored capture matches."),
     ]
     for option in reversed(options):
@@ -181,7 +193,8 @@ def _compile_options(func):
 
 
 def _run_compile(recipe, model, out, layers, strength, seed, mode, algorithm, algorithms, keep_layers, selection,
-                 budget, catch, add_to, samples_path, no_eval, no_suites, max_new_tokens, quiet, no_cache) -> None:
+                 budget, catch, add_to, samples_path, no_eval, no_suites, full_report, max_new_tokens, quiet,
+                 no_cache) -> None:
     """One compile path for both modes: the mode only chooses the preset that builds the program."""
     from .compile import AdaptiveOptions, run_compile
     from .pipeline import CompileOptions
@@ -189,7 +202,8 @@ def _run_compile(recipe, model, out, layers, strength, seed, mode, algorithm, al
     from .strategies.library import DEFAULT_DRIFT_BUDGET
     options = CompileOptions(recipe=recipe, model=model, layers=layers, strength=strength, seed=seed,
                              samples_path=samples_path, evaluate=not no_eval, suites=not no_suites,
-                             max_new_tokens=max_new_tokens, progress=not quiet, cache_activations=not no_cache)
+                             max_new_tokens=max_new_tokens, progress=not quiet, cache_activations=not no_cache,
+                             full_report=full_report)
     if mode == "adaptive":
         if algorithm != SINGLE_ALGORITHM:
             raise click.UsageError("--algorithm belongs to --mode single (adaptive mode takes --algorithms)")
@@ -197,8 +211,9 @@ def _run_compile(recipe, model, out, layers, strength, seed, mode, algorithm, al
         preset = AdaptiveOptions(algorithms=names, keep_layers=keep_layers, selection=selection,
                                  budget=DEFAULT_DRIFT_BUDGET if budget is None else budget, catch=catch)
     else:
-        if add_to is not None or algorithms or selection != "independent" or catch or budget is not None:
-            raise click.UsageError("--add-to, --algorithms, --selection, --budget and --catch belong to --mode adaptive")
+        if add_to is not None or algorithms or selection != "independent" or catch or budget is not None or full_report:
+            raise click.UsageError("--add-to, --algorithms, --selection, --budget, --catch and --full-report belong to "
+                                   "--mode adaptive")
         preset = SingleStrategy(algorithm=algorithm)
     path, summary = run_compile(options, preset, out, add_to=add_to, log=lambda line: click.echo(line, err=True))
     click.echo(f"\nwrote {path}\n\n{summary}")
@@ -241,7 +256,7 @@ def recipes() -> None:
                                     "or the served model name (openai).")
 @click.option("--no-llm", is_flag=True, help="Templates and retrieved seed items only.")
 @click.option("--no-cache", is_flag=True, help="Ask the backend again instead of reading its disk cache.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--quiet", "-q", is_flag=True, callback=_quiet, help="No progress bars.")
 def samples(recipe: str, out: Path, seed: int | None, backend: str, model: str | None, no_llm: bool, no_cache: bool,
             quiet: bool) -> None:
     """Build a sample set for RECIPE (a recipe name or TOML file, or an issue in words) and save it as JSONL."""
@@ -287,7 +302,7 @@ def serve(model: str, adapter: str | None, host: str, port: int, api_key_env: st
 @click.option("--samples", "samples_path", type=click.Path(dir_okay=False), help="Use this sample set.")
 @click.option("--seed", type=int, help="Seed for splits (default: recipe's).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write every row as JSON.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--quiet", "-q", is_flag=True, callback=_quiet, help="No progress bars.")
 @click.option("--no-cache", is_flag=True, help="Capture activations again even if a stored capture matches.")
 def strategies(recipe, model, layers, algorithms, budget, keep_layers, samples_path, seed, json_out, quiet,
                no_cache) -> None:
@@ -364,7 +379,7 @@ def bake(adapter: Path, model: str, out: Path, scale: float) -> None:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the table's numbers (per layer ceilings included).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--quiet", "-q", is_flag=True, callback=_quiet, help="No progress bars.")
 def shift(adapter: Path, model: str, families: str | None, json_out, batch_size: int, quiet: bool) -> None:
     """Leave one rewrite family out: refit ADAPTER's program without it, test on it, beside its separability
     ceiling (compiler/lofo.py). Needs the adapter folder of an adaptive compile."""
@@ -399,7 +414,7 @@ def shift(adapter: Path, model: str, families: str | None, json_out, batch_size:
 @click.option("--budget", type=float, default=None, help="Drift budget, mean next-token KL (nats) on val neutrals "
                                                         "(default 0.05).")
 @click.option("--extra-pattern", help="A regex counted on the generations, e.g. an 'is an AI' judge.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--quiet", "-q", is_flag=True, callback=_quiet, help="No progress bars.")
 @_user_errors
 def measure(issue, out, samples_path, model, layers, scales, seed, budget, extra_pattern, quiet) -> None:
     """Measure a claim ISSUE's repair (e.g. "claims to be a human") on held-out prompts: preference, drift and
@@ -449,7 +464,7 @@ def measure(issue, out, samples_path, model, layers, scales, seed, budget, extra
 @click.option("--card", is_flag=True, help="Write the headline metrics into each adapter's model card.")
 @click.option("--render", "render", type=click.Path(dir_okay=False),
               help="Only re-render a saved report (eval_report.json or compile_report.json) into --out.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--quiet", "-q", is_flag=True, callback=_quiet, help="No progress bars.")
 def eval_command(model, adapters, checkpoints, suites, out, samples_path, targets, split, n, max_new_tokens,
                  batch_size, seed, fresh, card, render, quiet) -> None:
     """Evaluate MODEL (and adapters or baked checkpoints) on the evaluation suites; write a report."""

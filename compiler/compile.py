@@ -50,6 +50,8 @@ from .program.search import Candidate, ProgramContext, SearchRecord, applicabili
 from .program.applicability import score_adapter
 from .evaluation.gate_report import gate_reports, open_share, prompt_openings
 from .common.models import LoadedModel, load_model
+from .common.prefix_replay import first_steered_layer
+from .capture.prefill_sharing import sharing_prefill
 from .pipeline import (REPORT_NAME, SAMPLES_NAME, CompileOptions, _prepare, add_static, anchor_negatives,
                        capture_activations, check_output_folder, fit_layer, fit_sequences, new_adapter, val_rates)
 from .program.single_strategy import LayerCandidate, SingleStrategy, single_program
@@ -273,64 +275,67 @@ def compile_program(options: CompileOptions, preset: AdaptiveOptions | SingleStr
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     recipe, samples, loaded, layers, seed, strength = _prepare(options, loaded, log, need_val=True)
-    val = samples.select(split="val")
-    timings["load"] = time.perf_counter() - clock
+    with sharing_prefill(loaded.model, layers):   # every val generation shares its prompt prefill below the layer
+        val = samples.select(split="val")
+        timings["load"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    train = samples.select(split="train") + shut_on(others, samples)
-    seqs = fit_sequences(train + val, anchor_negatives(train, options, loaded, seed, log))
-    acts = capture_activations(options, loaded, seqs, layers, samples, log)
-    timings["capture"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        train = samples.select(split="train") + shut_on(others, samples)
+        seqs = fit_sequences(train + val, anchor_negatives(train, options, loaded, seed, log))
+        acts = capture_activations(options, loaded, seqs, layers, samples, log)
+        timings["capture"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    base = new_adapter(loaded, samples, recipe)
-    val_pairs = (seqs.indices("positive", paired=True, split="val"), seqs.indices("negative", paired=True, split="val"))
-    proposals: dict = {}
-    rows = library_table(loaded.model, loaded.tokenizer, base, seqs.fit_inputs(acts), val_pairs, val, layers,
-                         algorithms=program_algorithms(adaptive), keep_layers=adaptive.keep_layers,
-                         budget=adaptive.budget,
-                         batch_size=options.batch_size, progress=options.progress, log=log,
-                         strengths=COMPILE_STRENGTHS, proposals_out=proposals)
-    timings["library"] = time.perf_counter() - clock
-    candidates = candidates_from(rows, proposals, recipe, strength)
-    if not candidates:
-        raise MasteerError(f"no gateable strategy could be fitted at layers {list(layers)}; see the library rows")
+        clock = time.perf_counter()
+        base = new_adapter(loaded, samples, recipe)
+        val_pairs = (seqs.indices("positive", paired=True, split="val"), seqs.indices("negative", paired=True, split="val"))
+        proposals: dict = {}
+        rows = library_table(loaded.model, loaded.tokenizer, base, seqs.fit_inputs(acts), val_pairs, val, layers,
+                             algorithms=program_algorithms(adaptive), keep_layers=adaptive.keep_layers,
+                             budget=adaptive.budget,
+                             batch_size=options.batch_size, progress=options.progress, log=log,
+                             strengths=COMPILE_STRENGTHS, proposals_out=proposals)
+        timings["library"] = time.perf_counter() - clock
+        candidates = candidates_from(rows, proposals, recipe, strength)
+        if not candidates:
+            raise MasteerError(f"no gateable strategy could be fitted at layers {list(layers)}; see the library rows")
 
-    clock = time.perf_counter()
-    train_items, train_ids = applicability_targets(samples.select(split="train"), limit=TRAIN_APPLICABILITY)
-    val_items, val_ids = applicability_targets(val)
-    neutral_val = [s.prompt for s in val if s.label == NEUTRAL]
-    ctx = ProgramContext(acts=acts, sequences=seqs.samples, roles=seqs.roles, host_form=host_layout(loaded.model).form,
-                         seed=seed, new_adapter=lambda: new_adapter(loaded, samples, recipe), model=loaded.model,
-                         train_scorer=HeldOutScorer(loaded.model, loaded.tokenizer, train_items, [], options.batch_size),
-                         train_ids=train_ids,
-                         anchor_ids=[s.id for s in samples.select(split="train", label=TARGET)],
-                         val_scorer=HeldOutScorer(loaded.model, loaded.tokenizer, val_items, neutral_val,
-                                                  options.batch_size),
-                         val_ids=val_ids, budget=adaptive.budget,
-                         start_score=behaviour_score(recipe, loaded, val, options),
-                         catch_pool=catch_pool(rows, proposals, recipe, strength) if adaptive.catch else (),
-                         neutral_fpr=lambda adapter: open_share(prompt_openings(loaded.model, loaded.tokenizer, adapter,
-                                                                                neutral_val, options.batch_size)))
-    program, search = build_program(ctx, candidates, selection=adaptive.selection,
-                                    max_strategies=adaptive.max_strategies, progress=options.progress, log=log)
-    adapter = lower(program, new_adapter(loaded, samples, recipe))
-    single = lower(Program(program.strategies[:1], adaptive.selection), new_adapter(loaded, samples, recipe))
-    timings["program"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        train_items, train_ids = applicability_targets(samples.select(split="train"), limit=TRAIN_APPLICABILITY)
+        val_items, val_ids = applicability_targets(val)
+        neutral_val = [s.prompt for s in val if s.label == NEUTRAL]
+        candidate_layers = sorted({c.proposal.layer for c in candidates})
+        ctx = ProgramContext(acts=acts, sequences=seqs.samples, roles=seqs.roles, host_form=host_layout(loaded.model).form,
+                             seed=seed, new_adapter=lambda: new_adapter(loaded, samples, recipe), model=loaded.model,
+                             train_scorer=HeldOutScorer(loaded.model, loaded.tokenizer, train_items, [], options.batch_size,
+                                                        replay_layers=candidate_layers),
+                             train_ids=train_ids,
+                             anchor_ids=[s.id for s in samples.select(split="train", label=TARGET)],
+                             val_scorer=HeldOutScorer(loaded.model, loaded.tokenizer, val_items, neutral_val,
+                                                      options.batch_size, replay_layers=candidate_layers),
+                             val_ids=val_ids, budget=adaptive.budget,
+                             start_score=behaviour_score(recipe, loaded, val, options),
+                             catch_pool=catch_pool(rows, proposals, recipe, strength) if adaptive.catch else (),
+                             neutral_fpr=lambda adapter: open_share(prompt_openings(loaded.model, loaded.tokenizer, adapter,
+                                                                                    neutral_val, options.batch_size)))
+        program, search = build_program(ctx, candidates, selection=adaptive.selection,
+                                        max_strategies=adaptive.max_strategies, progress=options.progress, log=log)
+        adapter = lower(program, new_adapter(loaded, samples, recipe))
+        single = lower(Program(program.strategies[:1], adaptive.selection), new_adapter(loaded, samples, recipe))
+        timings["program"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    static, match = None, {}
-    chosen_static = best_static(rows)
-    if chosen_static is not None and options.evaluate:
-        val_groups = {TARGET: samples.select(split="val", label=TARGET)}
-        adaptive_rate = val_rates(loaded, adapter, val_groups, options)[TARGET]
-        static, match = match_static(loaded, base, proposals[(chosen_static.algorithm, chosen_static.layer)],
-                                     adaptive_rate, val_groups, options, strength, log)
-        match["strategy"] = f"{chosen_static.algorithm}-L{chosen_static.layer}"
-    timings["static_match"] = time.perf_counter() - clock
-    return ProgramCompile(recipe=recipe, samples=samples, library=rows, program=program, search=search,
-                          adapter=adapter, single=single, static=static, static_match=match, timings=timings,
-                          loaded=loaded, layers=tuple(layers), preset=ADAPTIVE_PRESET, seed=seed, strength=strength)
+        clock = time.perf_counter()
+        static, match = None, {}
+        chosen_static = best_static(rows)
+        if chosen_static is not None and options.evaluate:
+            val_groups = {TARGET: samples.select(split="val", label=TARGET)}
+            adaptive_rate = val_rates(loaded, adapter, val_groups, options)[TARGET]
+            static, match = match_static(loaded, base, proposals[(chosen_static.algorithm, chosen_static.layer)],
+                                         adaptive_rate, val_groups, options, strength, log)
+            match["strategy"] = f"{chosen_static.algorithm}-L{chosen_static.layer}"
+        timings["static_match"] = time.perf_counter() - clock
+        return ProgramCompile(recipe=recipe, samples=samples, library=rows, program=program, search=search,
+                              adapter=adapter, single=single, static=static, static_match=match, timings=timings,
+                              loaded=loaded, layers=tuple(layers), preset=ADAPTIVE_PRESET, seed=seed, strength=strength)
 
 
 def _compile_single(options: CompileOptions, preset: SingleStrategy, loaded: LoadedModel | None,
@@ -340,41 +345,42 @@ def _compile_single(options: CompileOptions, preset: SingleStrategy, loaded: Loa
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     recipe, samples, loaded, layers, seed, strength = _prepare(options, loaded, log)
-    timings["load"] = time.perf_counter() - clock
+    with sharing_prefill(loaded.model, layers):   # every val generation shares its prompt prefill below the layer
+        timings["load"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    train = samples.select(split="train")
-    seqs = fit_sequences(train, anchor_negatives(train, options, loaded, seed, log))
-    acts = capture_activations(options, loaded, seqs, layers, samples, log)
-    timings["capture"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        train = samples.select(split="train")
+        seqs = fit_sequences(train, anchor_negatives(train, options, loaded, seed, log))
+        acts = capture_activations(options, loaded, seqs, layers, samples, log)
+        timings["capture"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    host_form = host_layout(loaded.model).form
-    fitted = {layer: fit_layer(acts, seqs, layer, preset.algorithm, host_form, seed) for layer in layers}
-    timings["fit"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        host_form = host_layout(loaded.model).form
+        fitted = {layer: fit_layer(acts, seqs, layer, preset.algorithm, host_form, seed) for layer in layers}
+        timings["fit"] = time.perf_counter() - clock
 
-    # The layer is chosen by what the repair is for: the gated strategy should make the model refuse val target
-    # prompts and leave val neutral prompts alone (a teacher-forced log-odds score did not rank layers the way
-    # generation does: it is dominated by late completion tokens, while a refusal is decided in the first few).
-    clock = time.perf_counter()
-    val = {TARGET: samples.select(split="val", label=TARGET), NEUTRAL: samples.select(split="val", label=NEUTRAL)}
+        # The layer is chosen by what the repair is for: the gated strategy should make the model refuse val target
+        # prompts and leave val neutral prompts alone (a teacher-forced log-odds score did not rank layers the way
+        # generation does: it is dominated by late completion tokens, while a refusal is decided in the first few).
+        clock = time.perf_counter()
+        val = {TARGET: samples.select(split="val", label=TARGET), NEUTRAL: samples.select(split="val", label=NEUTRAL)}
 
-    def layer_rates(adapter: SteeringAdapter) -> tuple[float, float]:
-        measured = val_rates(loaded, adapter, val, options)
-        return measured[TARGET], measured[NEUTRAL]
-    base_val = val_rates(loaded, None, val, options) if len(layers) > 1 else {}
-    if base_val:
-        log(f"val refusal, base model: target {base_val[TARGET]:.2f} neutral {base_val[NEUTRAL]:.2f}")
-    program, candidates = single_program(recipe.name, fitted, strength, lambda: new_adapter(loaded, samples, recipe),
-                                         layer_rates if len(layers) > 1 else None, log)
-    adapter = lower(program, new_adapter(loaded, samples, recipe))
-    static = new_adapter(loaded, samples, recipe)
-    add_static(static, recipe, fitted[program.strategies[0].layer][0], strength)
-    timings["program"] = time.perf_counter() - clock
-    return ProgramCompile(recipe=recipe, samples=samples, library=[], program=program, search=None, adapter=adapter,
-                          single=adapter, static=static, timings=timings, loaded=loaded, layers=tuple(layers),
-                          preset=SINGLE_PRESET, seed=seed, strength=strength, candidates=candidates,
-                          val_base=base_val)
+        def layer_rates(adapter: SteeringAdapter) -> tuple[float, float]:
+            measured = val_rates(loaded, adapter, val, options)
+            return measured[TARGET], measured[NEUTRAL]
+        base_val = val_rates(loaded, None, val, options) if len(layers) > 1 else {}
+        if base_val:
+            log(f"val refusal, base model: target {base_val[TARGET]:.2f} neutral {base_val[NEUTRAL]:.2f}")
+        program, candidates = single_program(recipe.name, fitted, strength, lambda: new_adapter(loaded, samples, recipe),
+                                             layer_rates if len(layers) > 1 else None, log)
+        adapter = lower(program, new_adapter(loaded, samples, recipe))
+        static = new_adapter(loaded, samples, recipe)
+        add_static(static, recipe, fitted[program.strategies[0].layer][0], strength)
+        timings["program"] = time.perf_counter() - clock
+        return ProgramCompile(recipe=recipe, samples=samples, library=[], program=program, search=None, adapter=adapter,
+                              single=adapter, static=static, timings=timings, loaded=loaded, layers=tuple(layers),
+                              preset=SINGLE_PRESET, seed=seed, strength=strength, candidates=candidates,
+                              val_base=base_val)
 
 
 @dataclass
@@ -452,11 +458,13 @@ class ProgramEvaluation:
                 else None}
 
 
-def program_arms(result: ProgramCompile) -> dict[str, SteeringAdapter | None]:
+def program_arms(result: ProgramCompile, single: bool = True) -> dict[str, SteeringAdapter | None]:
+    """The arms measured on test; ``single``: the adaptive program's first strategy alone beside it (a diagnostic,
+    and the same adapter whenever the program kept one strategy)."""
     arms = {BASE_ARM: None}
     if result.static is not None:
         arms[STATIC_ARM] = result.static
-    if result.preset == ADAPTIVE_PRESET:   # in the single preset the program is its single strategy
+    if result.preset == ADAPTIVE_PRESET and single:   # in the single preset the program is its single strategy
         arms[SINGLE_ARM] = result.single
     arms[ADAPTIVE_ARM] = result.adapter
     return arms
@@ -470,7 +478,8 @@ def teacher_forced_table(loaded: LoadedModel, samples: SampleSet, arms: dict, ba
     neutral = [s.prompt for s in samples.select(split="test", label=NEUTRAL)]
     if not items or not neutral:
         return {}
-    scorer = HeldOutScorer(loaded.model, loaded.tokenizer, items, neutral, batch_size)
+    scorer = HeldOutScorer(loaded.model, loaded.tokenizer, items, neutral, batch_size,
+                           replay_layers=arm_layers(arms.values()))
     table = {}
     for arm, adapter in arms.items():
         if not (adapter is None or isinstance(adapter, SteeringAdapter)):
@@ -482,6 +491,12 @@ def teacher_forced_table(loaded: LoadedModel, samples: SampleSet, arms: dict, ba
         table[arm] = {"effect": round(float(effect.mean()), 4), "kl": round(kl, 5), "targets": len(items),
                       "neutral_prompts": len(neutral)}
     return table
+
+
+def arm_layers(adapters) -> list[int]:
+    """The first steered layer of each adapter among ``adapters`` (what a scorer keeps for replay)."""
+    return sorted({layer for a in adapters if isinstance(a, SteeringAdapter)
+                   for layer in [first_steered_layer(a)] if layer is not None})
 
 
 @contextmanager
@@ -511,7 +526,8 @@ def static_frontier(result: ProgramCompile, loaded: LoadedModel, groups: dict[st
                                directions, max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
                                progress=options.progress, cache=cache)
     neutral = [s.prompt for s in result.samples.select(split="test", label=NEUTRAL)]
-    drift = HeldOutScorer(loaded.model, loaded.tokenizer, [], neutral, options.batch_size) if neutral else None
+    drift = HeldOutScorer(loaded.model, loaded.tokenizer, [], neutral, options.batch_size,
+                          replay_layers=arm_layers(arms.values())) if neutral else None
     rows = []
     for (arm, adapter), value in zip(arms.items(), sorted(tried) + [None]):
         row = {"arm": "static" if value is not None else ADAPTIVE_ARM, "strength": value,
@@ -544,59 +560,60 @@ def frontier_markdown(rows: Sequence[dict]) -> str:
 def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: CompileOptions, suites: bool = True,
                      log: Callable[[str], None] = print, frontier: bool = True,
                      detail: bool | None = None) -> ProgramEvaluation:
-    """Every arm on the test split: judged refusal per recipe group; with ``detail`` (default: the adaptive
-    preset) also the program decided per prompt beside it, fluency, teacher-forced effect and KL, gate reports
-    and the static frontier (``frontier``); then (``suites``) the evaluation suites with bootstrap intervals for
-    base, static, adaptive."""
+    """Every arm on the test split: judged refusal per recipe group; with ``detail`` (default: the adaptive preset
+    with ``options.full_report``) also the program decided per prompt and its first strategy alone beside it,
+    fluency, teacher-forced effect and KL, gate reports and the static frontier (``frontier``); then
+    (``suites``) the evaluation suites with bootstrap intervals for base, static, adaptive."""
     from .evaluation import ResultCache, evaluate_compile, evaluate_refusal
     from .evaluation.prompt_decision import decided_per_prompt
-    detail = result.preset == ADAPTIVE_PRESET if detail is None else detail
+    detail = (result.preset == ADAPTIVE_PRESET and options.full_report) if detail is None else detail
     recipe, samples = result.recipe, result.samples
     groups = {g: samples.select(split="test", group=g) for g in recipe.evaluation.groups}
     missing = [g for g, s in groups.items() if not s]
     if missing:
         raise MasteerError(f"{recipe.path}: evaluation groups {missing} have no test samples")
     max_new_tokens = options.max_new_tokens or recipe.evaluation.max_new_tokens
-    arms: dict = program_arms(result)
+    arms: dict = program_arms(result, single=detail)
     timings: dict[str, float] = {}
     cache = ResultCache()
-    fluent, forced, rows, gates, breakdowns, open_refusal = {}, {}, [], [], {}, {}
-    with timed(timings, "refusal_table"):
+    with sharing_prefill(loaded.model, sorted(set(result.layers) | set(arm_layers(arms.values())))):
+        fluent, forced, rows, gates, breakdowns, open_refusal = {}, {}, [], [], {}, {}
+        with timed(timings, "refusal_table"):
+            if detail:
+                test_prompts = [s.prompt for g in groups.values() for s in g]
+                arms[PER_PROMPT_ARM] = decided_per_prompt(loaded.model, loaded.tokenizer, result.program, result.adapter,
+                                                          test_prompts, options.batch_size)
+            refusal = evaluate_refusal(loaded.model, loaded.tokenizer, arms, groups, recipe.evaluation.groups,
+                                       max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
+                                       progress=options.progress, cache=cache)
+            if detail:
+                open_at_end = {p: key != BASE_ROUTE for p, key in arms[PER_PROMPT_ARM].route.items()}
+                breakdowns, open_refusal = held_out_breakdowns(refusal, [s for g in groups.values() for s in g],
+                                                               open_at_end)
         if detail:
-            test_prompts = [s.prompt for g in groups.values() for s in g]
-            arms[PER_PROMPT_ARM] = decided_per_prompt(loaded.model, loaded.tokenizer, result.program, result.adapter,
-                                                      test_prompts, options.batch_size)
-        refusal = evaluate_refusal(loaded.model, loaded.tokenizer, arms, groups, recipe.evaluation.groups,
-                                   max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
-                                   progress=options.progress, cache=cache)
-        if detail:
-            open_at_end = {p: key != BASE_ROUTE for p, key in arms[PER_PROMPT_ARM].route.items()}
-            breakdowns, open_refusal = held_out_breakdowns(refusal, [s for g in groups.values() for s in g],
-                                                           open_at_end)
-    if detail:
-        with timed(timings, "fluency"):
-            fluent = answer_fluency(loaded, refusal, groups, options.batch_size)
-        with timed(timings, "teacher_forced"):
-            forced = teacher_forced_table(loaded, samples, arms, options.batch_size, options.progress)
-        if frontier:
-            with timed(timings, "static_frontier"):
-                rows = static_frontier(result, loaded, groups, recipe.evaluation.groups, max_new_tokens, options,
-                                       cache)
-        with timed(timings, "gate_report"):
-            targets = [s.prompt for s in as_written(samples.select(split="test", label=TARGET))]
-            neutrals = [s.prompt for s in as_written(samples.select(split="test", label=NEUTRAL))]
-            gates = [r.to_dict() for r in gate_reports(loaded.model, loaded.tokenizer, result.adapter, targets,
-                                                       neutrals, max_new_tokens=max_new_tokens,
-                                                       batch_size=2 * options.batch_size, progress=options.progress)]
-    report = None
-    if suites:
-        with timed(timings, "suites"):
-            chosen = {k: v for k, v in arms.items() if k in (BASE_ARM, STATIC_ARM, ADAPTIVE_ARM)}
-            report = evaluate_compile(loaded.model, loaded.tokenizer, samples, recipe.evaluation.groups, chosen,
-                                      max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size, cache=cache,
-                                      seed=result.seed, progress=options.progress, log=log)
-    return ProgramEvaluation(refusal=refusal, teacher_forced=forced, gates=gates, suites=report, frontier=rows,
-                             timings=timings, breakdowns=breakdowns, open_refusal=open_refusal, fluency=fluent)
+            with timed(timings, "fluency"):
+                fluent = answer_fluency(loaded, refusal, groups, options.batch_size)
+            with timed(timings, "teacher_forced"):
+                forced = teacher_forced_table(loaded, samples, arms, options.batch_size, options.progress)
+            if frontier:
+                with timed(timings, "static_frontier"):
+                    rows = static_frontier(result, loaded, groups, recipe.evaluation.groups, max_new_tokens, options,
+                                           cache)
+            with timed(timings, "gate_report"):
+                targets = [s.prompt for s in as_written(samples.select(split="test", label=TARGET))]
+                neutrals = [s.prompt for s in as_written(samples.select(split="test", label=NEUTRAL))]
+                gates = [r.to_dict() for r in gate_reports(loaded.model, loaded.tokenizer, result.adapter, targets,
+                                                           neutrals, max_new_tokens=max_new_tokens,
+                                                           batch_size=2 * options.batch_size, progress=options.progress)]
+        report = None
+        if suites:
+            with timed(timings, "suites"):
+                chosen = {k: v for k, v in arms.items() if k in (BASE_ARM, STATIC_ARM, ADAPTIVE_ARM)}
+                report = evaluate_compile(loaded.model, loaded.tokenizer, samples, recipe.evaluation.groups, chosen,
+                                          max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size, cache=cache,
+                                          seed=result.seed, progress=options.progress, log=log)
+        return ProgramEvaluation(refusal=refusal, teacher_forced=forced, gates=gates, suites=report, frontier=rows,
+                                 timings=timings, breakdowns=breakdowns, open_refusal=open_refusal, fluency=fluent)
 
 
 def answer_fluency(loaded: LoadedModel, refusal, groups: dict[str, list[Sample]], batch_size: int

@@ -251,7 +251,8 @@ def _refit(loaded: LoadedModel, samples: SampleSet, seqs, acts, recipe, seed: in
     make = lambda: new_adapter(loaded, samples, recipe)   # noqa: E731
     ctx = ProgramContext(acts=acts, sequences=seqs.samples, roles=seqs.roles, host_form=host_layout(loaded.model).form,
                          seed=seed, new_adapter=make, model=loaded.model,
-                         train_scorer=HeldOutScorer(loaded.model, loaded.tokenizer, items, [], batch_size),
+                         train_scorer=HeldOutScorer(loaded.model, loaded.tokenizer, items, [], batch_size,
+                                                    replay_layers=sorted({layer for _, layer in candidate_pairs})),
                          train_ids=ids, val_scorer=None, val_ids=[], budget=float("inf"), withheld=withheld,
                          anchor_ids=[s.id for s in train if s.label == TARGET])
     by_name = {c.name: c for c in candidates}

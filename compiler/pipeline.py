@@ -52,6 +52,10 @@ class CompileOptions:
     samples_path: str | None = None     # a saved (possibly hand-edited) sample set instead of the builder
     evaluate: bool = True
     suites: bool = True                 # after the quick table, the evaluation suites with intervals (slower)
+    # the adaptive preset's diagnostics too: the program decided per prompt, its first strategy alone, fluency,
+    # teacher-forced effect and KL, gate reports, breakdowns by family and category, the static frontier (about
+    # two thirds of the evaluation's time, so off unless asked: ``--full-report``)
+    full_report: bool = False
     max_new_tokens: int | None = None
     batch_size: int = 16
     progress: bool = True

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from masteer.runtime import SteeredModel, SteeringAdapter
 
+from ..common.prefix_replay import first_steered_layer
 from ..strategies.scoring import HeldOutScorer
 
 HELP_MARGIN = 0.25   # a candidate "helps" a sample when its effect is > 0 and >= best - margin * |best|
@@ -69,7 +70,7 @@ def score_adapter(model, scorer: HeldOutScorer, adapter: SteeringAdapter) -> tup
     """(per-sample effect, drift) of one adapter (a single strategy or a whole program) attached to ``model``."""
     steered = SteeredModel(model, adapter, check_fingerprint=False)
     try:
-        return scorer.score_samples()
+        return scorer.score_samples(start=first_steered_layer(adapter))
     finally:
         steered.detach()
 

@@ -31,6 +31,7 @@ from masteer.runtime.artifact import ABLATION, ROTATION
 from masteer.runtime.errors import LoweringError, MasteerError
 
 from ..capture.activations import Activations
+from ..common.prefix_replay import first_steered_layer
 from .algorithms import FitInputs, Proposal, available, get_algorithm
 from ..samples.sample_set import NEUTRAL, TARGET, Sample
 from .scoring import HeldOutScorer
@@ -101,7 +102,7 @@ def calibrate(model, adapter: SteeringAdapter, scorer: HeldOutScorer, strengths:
     tried = []
     try:
         for strength in strengths:
-            effect, drift = scorer.score(lambda: steered.scaled(strength))
+            effect, drift = scorer.score(lambda: steered.scaled(strength), start=first_steered_layer(adapter))
             tried.append({"strength": strength, "effect": round(effect, 4), "drift": round(drift, 5)})
     finally:
         steered.detach()
@@ -112,12 +113,13 @@ def calibrate(model, adapter: SteeringAdapter, scorer: HeldOutScorer, strengths:
     return best["strength"], best["effect"], best["drift"], tried
 
 
-def held_out_scorer(model, tokenizer, val: Sequence[Sample], batch_size: int = 16) -> HeldOutScorer:
+def held_out_scorer(model, tokenizer, val: Sequence[Sample], batch_size: int = 16,
+                    replay_layers: Sequence[int] = ()) -> HeldOutScorer:
     pairs = [(s.prompt, s.positive, s.negative) for s in val if s.label == TARGET and s.has_pair]
     neutral = [s.prompt for s in val if s.label == NEUTRAL]
     if not pairs or not neutral:
         raise MasteerError("calibration needs val target samples with both completions and val neutral prompts")
-    return HeldOutScorer(model, tokenizer, pairs, neutral, batch_size=batch_size)
+    return HeldOutScorer(model, tokenizer, pairs, neutral, batch_size=batch_size, replay_layers=replay_layers)
 
 
 def propose_all(inputs: FitInputs, layers: Sequence[int], algorithms: Sequence[str] | None = None
@@ -158,8 +160,8 @@ def library_table(model, tokenizer, base: SteeringAdapter, inputs: FitInputs, va
         fitted = sorted((r for r in rows if r.algorithm == name and not r.error), key=lambda r: -r.separation)
         for r in fitted[:keep_layers]:
             r.kept = True
-    scorer = held_out_scorer(model, tokenizer, val, batch_size)
     kept = [r for r in rows if r.kept]
+    scorer = held_out_scorer(model, tokenizer, val, batch_size, replay_layers=sorted({r.layer for r in kept}))
     for r in tqdm(kept, desc="calibrating strategies", disable=not progress, leave=False):
         grid = ABLATION_STRENGTHS if r.kind == ABLATION else strengths
         try:

@@ -241,7 +241,7 @@ def test_an_unknown_single_mode_algorithm_fails_at_once(tmp_path, small_samples)
 def test_single_and_adaptive_options_do_not_mix(tmp_path, small_samples):
     """One compile path, two presets: an option of the other preset is a usage error, not silently ignored."""
     for mode, extra in (("adaptive", ["--algorithm", "pca"]), ("single", ["--budget", "0.1"]),
-                        ("single", ["--algorithms", "pca"])):
+                        ("single", ["--algorithms", "pca"]), ("single", ["--full-report"])):
         result = _invoke(cli.compile_command, ["refusal", "--out", tmp_path / "a", "--samples", small_samples,
                                                "--mode", mode, *extra])
         assert "belong" in _assert_clean_error(result, 2)

@@ -46,7 +46,7 @@ def compiled(tmp_path_factory):
 
     # layer 14: every gateable algorithm's best-separated layer among 10-14 on this model's refusal samples
     # (README); capture and library time grow with the layer count
-    options = CompileOptions(progress=False, layers=LAYERS)
+    options = CompileOptions(progress=False, layers=LAYERS, full_report=True)   # the diagnostics are measured below
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(compile_driver, "capture_activations", spy_capture)
         result = compile_program(options, AdaptiveOptions(algorithms=ALGORITHMS), loaded=loaded, log=print)

@@ -6,6 +6,8 @@ answers each prompt exactly as its routed adapter alone would, and bad routes ar
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 
 import pytest
 import torch
@@ -110,8 +112,14 @@ def test_the_compile_measures_the_per_prompt_arm_and_the_static_frontier_on_test
     result = compile_program(options, adaptive, loaded=loaded, log=lambda _: None)
     # a random model refuses nothing, so the matching stops at its first strength: add a far larger one
     result.static_match["tried"].append({"strength": 40.0, "val_target_refusal": 0.0})
+    brief = evaluate_program(result, loaded, options, suites=False, log=lambda _: None)
+    assert brief.refusal.arms == ["base", "static", ADAPTIVE_ARM]   # the default compile: no diagnostics
+    assert not (brief.frontier or brief.teacher_forced or brief.gates or brief.fluency or brief.breakdowns)
+    options = replace(options, full_report=True)   # --full-report
     evaluation = evaluate_program(result, loaded, options, suites=False, log=lambda _: None)
-    assert PER_PROMPT_ARM in evaluation.refusal.arms
+    assert PER_PROMPT_ARM in evaluation.refusal.arms and "single" in evaluation.refusal.arms
+    for arm in ("base", "static", ADAPTIVE_ARM):   # the diagnostics change none of the main table's answers
+        assert evaluation.refusal.responses[arm] == brief.refusal.responses[arm]
     assert PER_PROMPT_ARM not in evaluation.teacher_forced   # a routed arm has no single forward pass
     tried = sorted({row["strength"] for row in result.static_match["tried"]})
     rows = evaluation.frontier

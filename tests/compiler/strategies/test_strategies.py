@@ -88,7 +88,7 @@ def test_rows_round_trip_through_json(survey):
 
 def test_calibrate_refuses_every_strength_over_budget():
     class Scorer:
-        def score(self, steering):
+        def score(self, steering, start=None):
             with steering():
                 return 1.0, 1.0  # a big effect, far over budget
     from tiny_models import random_adapter, tiny_model

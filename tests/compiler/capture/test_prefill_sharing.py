@@ -1,0 +1,101 @@
+"""Prefill sharing: a generation that replays a recorded prefill below its first steered block answers with the
+same tokens as one that computes it, and skips the blocks below."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tiny_models import byte_tokenizer, random_adapter, tiny_chat_model
+
+from masteer.compiler.capture.generation import generate
+from masteer.compiler.capture.prefill_sharing import active_store, sharing_prefill, unhooked_prefix
+from masteer.runtime import SteeredModel
+from masteer.runtime.hosts import decoder_layers
+
+PROMPTS = ["How do I pick a lock?", "Hi", "Write a long story about a dragon who learns to fly over the sea.",
+           "Name a colour.", "What is two plus two, and why?", "Tell me a joke about cats and dogs, please."]
+TOKENS = 6
+
+
+def _answers(model, adapter=None):
+    steered = model if adapter is None else SteeredModel(model, adapter, check_fingerprint=False)
+    try:
+        return generate(steered, byte_tokenizer(), PROMPTS, max_new_tokens=TOKENS, batch_size=4, progress=False)
+    finally:
+        if adapter is not None:
+            steered.detach()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3_text"])
+def test_replayed_prefills_give_the_same_tokens(kind):
+    torch.manual_seed(0)
+    model = tiny_chat_model(kind).eval()
+    low = random_adapter(model, counts={1: 2, 2: 1}, strength=8.0)
+    high = random_adapter(model, seed=3, counts={2: 2}, strength=8.0)
+    expected = {name: _answers(model, adapter) for name, adapter in (("base", None), ("low", low), ("high", high))}
+    assert expected["low"] != expected["base"] and expected["high"] != expected["base"]   # the steering shows
+
+    with sharing_prefill(model, [1, 2]) as store:       # a steered arm first: it records below its start
+        assert _answers(model, high) == expected["high"]
+        assert store.recorded == 2 and store.replayed == 0
+        assert _answers(model, low) == expected["low"]  # starts lower: served by what entered block 1 there
+        assert _answers(model, high) == expected["high"]
+        assert _answers(model, low) == expected["low"]
+        assert store.recorded == 2 and store.replayed == 6
+        assert _answers(model, None) == expected["base"]   # the base arm itself: nothing to skip
+    assert active_store(model) is None
+
+
+def test_blocks_below_the_start_do_not_run_when_replayed():
+    model = tiny_chat_model("llama").eval()
+    adapter = random_adapter(model, counts={2: 1}, strength=8.0)
+    blocks = decoder_layers(model)
+    before = list(blocks)
+    lengths = []
+    plain_forward = blocks[0].forward
+
+    def counting_forward(hidden_states, *args, **kwargs):   # not a hook: a hook would count as steering
+        lengths.append(hidden_states.shape[1])
+        return plain_forward(hidden_states, *args, **kwargs)
+    blocks[0].forward = counting_forward
+    with sharing_prefill(model, [2]) as store:
+        _answers(model, None)                   # records from the plain model
+        assert max(lengths) > 1                 # its prefills ran block 0
+        lengths.clear()
+        _answers(model, adapter)
+        assert store.replayed == 2
+        assert lengths and set(lengths) == {1}  # block 0 ran for the new tokens only, never for a prompt
+    assert list(decoder_layers(model)) == before
+
+
+def test_a_hook_below_the_start_stops_the_sharing():
+    model = tiny_chat_model("llama").eval()
+    adapter = random_adapter(model, counts={2: 1}, strength=8.0)
+    expected = _answers(model, adapter)
+    with sharing_prefill(model, [2]) as store:
+        _answers(model, None)
+        hook = decoder_layers(model)[0].mlp.register_forward_hook(lambda m, a, o: None)
+        try:
+            assert unhooked_prefix(model) == 0
+            assert _answers(model, adapter) == expected and store.replayed == 0
+        finally:
+            hook.remove()
+
+
+def test_ablation_shares_nothing():
+    model = tiny_chat_model("llama").eval()
+    adapter = random_adapter(model, counts={2: 1}, strength=8.0)
+    direction = torch.zeros(model.config.hidden_size)
+    direction[3] = 1.0
+    adapter.add_ablation("ablate", direction=direction)
+    expected = _answers(model, adapter)
+    with sharing_prefill(model, [2]) as store:
+        _answers(model, None)
+        steered = SteeredModel(model, adapter, check_fingerprint=False)
+        try:
+            assert unhooked_prefix(model) == 0
+        finally:
+            steered.detach()
+        assert _answers(model, adapter) == expected
+        assert store.replayed == 0
