@@ -708,7 +708,17 @@ def summary_markdown(result: ProgramCompile, evaluation: ProgramEvaluation | Non
                       frontier_markdown(evaluation.frontier)]
         if evaluation.suites is not None:
             lines += ["", evaluation.suites.markdown()]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", timing_line(result, evaluation)])
+
+
+def timing_line(result: ProgramCompile, evaluation: ProgramEvaluation | None) -> str:
+    """Seconds per stage (also in compile_report.json), so a slow compile says where its time went."""
+    stages = ", ".join(f"{k.replace('_', ' ')} {v:.0f}" for k, v in result.timings.items())
+    total = sum(result.timings.values())
+    if evaluation is not None and evaluation.timings:
+        stages += "; evaluation: " + ", ".join(f"{k.replace('_', ' ')} {v:.0f}" for k, v in evaluation.timings.items())
+        total += sum(evaluation.timings.values())
+    return f"Time per stage (s): {stages}; {total / 60:.1f} minutes in all."
 
 
 def save_program(result: ProgramCompile, evaluation: ProgramEvaluation | None, out: str | Path,

@@ -242,7 +242,8 @@ def build_program(ctx: ProgramContext, candidates: Sequence[Candidate], selectio
     pool = sorted(pool, key=lambda n: -wins[n])[:POOL_SIZE]   # the candidates that win most often
     while pool and len(chosen) < max_strategies:
         tried = {}
-        for name in pool:
+        for name in tqdm(pool, desc=f"program step {len(chosen) + 1}: additions (val)", disable=not progress,
+                         leave=False):
             trial = program_adapter(ctx, [strategies[n] for n in chosen + [name]], selection)
             tried[name] = score_adapter(ctx.model, ctx.val_scorer, trial)
         scored = {n: (coverage(e, threshold), float(e.mean()), d) for n, (e, d) in tried.items()

@@ -76,6 +76,9 @@ def test_evaluation_covers_every_recipe_group_for_every_arm(compiled):
     assert evaluation.settings["max_new_tokens"] == 3
     table = summary_markdown(result, compiled[2])
     assert "| held-out group |" in table and "single preset" in table
+    timing = table.splitlines()[-1]   # where the time went, last: every stage of the compile and the evaluation
+    assert timing.startswith("Time per stage (s): load ") and "program" in timing and "refusal table" in timing
+    assert set(compiled[2].timings) == {"refusal_table"} and set(result.timings) == {"load", "capture", "fit", "program"}
     pooled = evaluation.pooled("same", "adaptive")
     same = [g for g in groups.values() if g.direction == "same"]
     assert pooled == pytest.approx(sum(g.rates["adaptive"] * g.n for g in same) / sum(g.n for g in same))
