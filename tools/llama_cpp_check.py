@@ -25,13 +25,15 @@ import torch
 from masteer.runtime.atomic import atomic_write_text
 
 
-def transformers_answers(model, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+def transformers_answers(model, prompts: list[list[int]], max_new_tokens: int, eos: set[int]) -> list[list[int]]:
+    """Greedy answers cut before the first end-of-sequence token, as llama.cpp's are (``llama_cpp_answers``)."""
     out = []
     with torch.no_grad():
         for ids in prompts:
             gen = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                  max_new_tokens=max_new_tokens, do_sample=False)
-            out.append(gen[0, len(ids):].tolist())
+            tokens = gen[0, len(ids):].tolist()
+            out.append(tokens[:next((i for i, t in enumerate(tokens) if t in eos), len(tokens))])
     return out
 
 
@@ -126,7 +128,7 @@ def main(argv=None) -> int:
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
             model.generation_config.eos_token_id = list(eos)
             start = time.perf_counter()
-            reference = {g: transformers_answers(model, p, args.max_new_tokens) for g, p in prompts.items()}
+            reference = {g: transformers_answers(model, p, args.max_new_tokens, eos) for g, p in prompts.items()}
             seconds = time.perf_counter() - start
             report(results, prompts, tokenizer, reference, arm, "transformers", "f32", reference, seconds, is_refusal)
             for kind in args.types.split(","):
