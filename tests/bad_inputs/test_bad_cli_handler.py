@@ -82,9 +82,12 @@ def test_the_cli_module_starts_without_torch():
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see torch loading")
 def test_ctrl_c_while_torch_loads_is_one_line(adapter_dir, tmp_path):
     script = Path(sys.executable).with_name("masteer")
+    # as a foreground command: a job started in the background by a non-interactive shell (how a CI script may
+    # run the suite) inherits SIGINT ignored, and Python keeps it ignored in its children
     process = subprocess.Popen([str(script), "bake", str(adapter_dir), "--out", str(tmp_path / "b")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "MASTEER_DEBUG": ""})
+                               env={**os.environ, "MASTEER_DEBUG": ""},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:   # wait until torch's library is mapped
         try:
