@@ -11,8 +11,9 @@ from tqdm.auto import tqdm
 from masteer.runtime import SteeredModel
 
 from .activations import encode_prompt
-from .prefill_sharing import active_store, batch_key, unhooked_prefix
+from .prefill_sharing import active_store, batch_key
 from ..common.batching import left_pad
+from ..common.prefix_replay import unhooked_prefix
 
 
 @torch.no_grad()

@@ -31,37 +31,12 @@ from weakref import WeakKeyDictionary
 import torch
 from torch import nn
 
-from masteer.runtime.hosts import decoder_layers, host_layout
+from masteer.runtime.hosts import decoder_layers
+
+from ..common.prefix_replay import PassThroughBlock, decoder_module
 
 DEFAULT_MAX_BYTES = 2 * 2**30   # recorded hidden states and KV caches kept at most (then nothing new is recorded)
 _ACTIVE: "WeakKeyDictionary[nn.Module, PrefillStore]" = WeakKeyDictionary()
-
-
-def _hooked(module: nn.Module) -> bool:
-    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
-
-
-def unhooked_prefix(model: nn.Module) -> int:
-    """How many decoder blocks from the bottom run as the plain base model: the index of the first block with a
-    hooked module in it (all blocks if none); 0 when the decoder itself or anything beside its blocks (the
-    embeddings: ablation hooks them) is hooked."""
-    blocks, decoder = decoder_layers(model), _decoder(model)
-    if decoder._forward_hooks or decoder._forward_pre_hooks or any(
-            _hooked(child) for child in decoder.children() if child is not blocks):
-        return 0
-    for i, block in enumerate(blocks):
-        if _hooked(block):
-            return i
-    return len(blocks)
-
-
-def _decoder(model: nn.Module) -> nn.Module:
-    """The module whose forward loops over the decoder blocks (the parent of the block list)."""
-    path = host_layout(model).layers_path.split(".")[:-1]
-    module = model
-    for part in path:
-        module = getattr(module, part)
-    return module
 
 
 def _cache_of(output) -> object | None:
@@ -84,11 +59,6 @@ def _copy_layer(layer):
 def _layer_bytes(layer) -> int:
     return sum(v.numel() * v.element_size() for v in (getattr(layer, "keys", None), getattr(layer, "values", None))
                if isinstance(v, torch.Tensor))
-
-
-class _PassThrough(nn.Module):
-    def forward(self, hidden_states=None, *args, **kwargs):
-        return hidden_states
 
 
 def batch_key(ids: torch.Tensor, mask: torch.Tensor) -> str:
@@ -138,7 +108,7 @@ class PrefillStore:
 
     @contextmanager
     def _recording(self, key: str, prefix: int, keep: list[int]) -> Iterator[None]:
-        blocks, decoder = decoder_layers(self.model), _decoder(self.model)
+        blocks, decoder = decoder_layers(self.model), decoder_module(self.model)
         new = _Recorded(valid_upto=prefix)
         handles = []
 
@@ -180,7 +150,7 @@ class PrefillStore:
 
     @contextmanager
     def _replaying(self, record: _Recorded, start: int) -> Iterator[None]:
-        blocks, decoder = decoder_layers(self.model), _decoder(self.model)
+        blocks, decoder = decoder_layers(self.model), decoder_module(self.model)
         originals = [blocks[i] for i in range(start)]
         hidden = record.hidden[start]
         handles: list = []
@@ -200,7 +170,7 @@ class PrefillStore:
             return args, {**kwargs, "hidden_states": hidden}
 
         def before_prefill(module, args, kwargs):
-            skip = _PassThrough()
+            skip = PassThroughBlock()
             for i in range(start):
                 blocks[i] = skip
             swapped[0] = True

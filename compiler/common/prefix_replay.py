@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from masteer.runtime import SteeringAdapter
-from masteer.runtime.hosts import decoder_layers
+from masteer.runtime.hosts import decoder_layers, host_layout
 
 
 def first_steered_layer(adapter: SteeringAdapter | None) -> int | None:
@@ -35,7 +35,34 @@ def first_steered_layer(adapter: SteeringAdapter | None) -> int | None:
     return min(s.layer for s in adapter.strategies)
 
 
-class _PassThrough(nn.Module):
+def _hooked(module: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
+def unhooked_prefix(model: nn.Module) -> int:
+    """How many decoder blocks from the bottom run as the plain base model: the index of the first block with a
+    hooked module in it (all blocks if none); 0 when the decoder itself or anything beside its blocks (the
+    embeddings: ablation hooks them) is hooked."""
+    blocks, decoder = decoder_layers(model), decoder_module(model)
+    if decoder._forward_hooks or decoder._forward_pre_hooks or any(
+            _hooked(child) for child in decoder.children() if child is not blocks):
+        return 0
+    for i, block in enumerate(blocks):
+        if _hooked(block):
+            return i
+    return len(blocks)
+
+
+def decoder_module(model: nn.Module) -> nn.Module:
+    """The module whose forward loops over the decoder blocks (the parent of the block list)."""
+    path = host_layout(model).layers_path.split(".")[:-1]
+    module = model
+    for part in path:
+        module = getattr(module, part)
+    return module
+
+
+class PassThroughBlock(nn.Module):
     """A decoder block that returns its input: the blocks below the replayed layer."""
 
     def forward(self, hidden_states=None, *args, **kwargs):
@@ -59,6 +86,7 @@ class PrefixReplay:
             return
         blocks = decoder_layers(self.model)
         kept: dict[int, torch.Tensor] = {}
+        base_below = unhooked_prefix(self.model)   # only what enters an unsteered block is the base model's
 
         def keep(layer):
             def hook(module, args, kwargs):
@@ -72,7 +100,7 @@ class PrefixReplay:
                 self.usable = False
 
         hooks = [blocks[layer].register_forward_pre_hook(keep(layer), with_kwargs=True)
-                 for layer in self.layers if layer < len(blocks)]
+                 for layer in self.layers if layer < len(blocks) and layer <= base_below]
         hooks.append(blocks[0].register_forward_hook(check_output))
         try:
             yield
@@ -88,7 +116,10 @@ class PrefixReplay:
     @contextmanager
     def replaying(self, key: Hashable, start: int | None) -> Iterator[bool]:
         """Run this pass from layer ``start`` on the base hidden states recorded under ``key``; yields whether
-        it does (else the pass runs in full, e.g. nothing recorded there)."""
+        it does (else the pass runs in full, e.g. nothing recorded there). A caller's ``start`` above a block the
+        model has hooks in (steering the caller did not declare) is not trusted: the pass runs in full."""
+        if start is not None and start > unhooked_prefix(self.model):
+            start = None
         if not self.can_replay(key, start):
             yield False
             return
@@ -101,7 +132,7 @@ class PrefixReplay:
                 return (hidden,) + tuple(args[1:]), kwargs
             return args, {**kwargs, "hidden_states": hidden}
 
-        skip = _PassThrough()
+        skip = PassThroughBlock()
         for i in range(start):
             blocks[i] = skip
         hook = blocks[start].register_forward_pre_hook(inject, with_kwargs=True)

@@ -9,7 +9,8 @@ import torch
 from tiny_models import byte_tokenizer, random_adapter, tiny_chat_model
 
 from masteer.compiler.capture.generation import generate
-from masteer.compiler.capture.prefill_sharing import active_store, sharing_prefill, unhooked_prefix
+from masteer.compiler.capture.prefill_sharing import active_store, sharing_prefill
+from masteer.compiler.common.prefix_replay import unhooked_prefix
 from masteer.runtime import SteeredModel
 from masteer.runtime.hosts import decoder_layers
 

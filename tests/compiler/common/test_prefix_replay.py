@@ -49,19 +49,21 @@ def test_layers_below_the_start_do_not_run_and_the_model_is_restored():
     blocks = decoder_layers(model)
     before = list(blocks)
     calls = {i: 0 for i in range(len(blocks))}
-    hooks = [b.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1))
-             for i, b in enumerate(blocks)]
-    try:
-        replayed.score_samples(start=2)
-        assert calls[0] == calls[1] == 0 and calls[2] > 0
-        assert list(decoder_layers(model)) == before
-        replayed.score_samples(start=None)   # unknown start: every layer runs
-        assert calls[0] == calls[2] / 2 > 0
-        replayed.score_samples(start=1)      # a layer nothing was recorded for: full pass
-        assert calls[0] == 2 * calls[2] / 3
-    finally:
-        for h in hooks:
-            h.remove()
+
+    def counting(i, forward):   # not a hook: a hook below the start would (rightly) stop the replay
+        def wrapped(*args, **kwargs):
+            calls[i] += 1
+            return forward(*args, **kwargs)
+        return wrapped
+    for i, block in enumerate(blocks):
+        block.forward = counting(i, block.forward)
+    replayed.score_samples(start=2)
+    assert calls[0] == calls[1] == 0 and calls[2] > 0
+    assert list(decoder_layers(model)) == before
+    replayed.score_samples(start=None)   # unknown start: every layer runs
+    assert calls[0] == calls[2] / 2 > 0
+    replayed.score_samples(start=1)      # a layer nothing was recorded for: full pass
+    assert calls[0] == 2 * calls[2] / 3
 
 
 def test_a_pass_that_raises_still_restores_the_blocks():
@@ -86,3 +88,19 @@ def test_ablation_and_empty_adapters_never_replay():
     assert first_steered_layer(adapter) is None
     assert first_steered_layer(None) is None
     assert first_steered_layer(random_adapter(model, counts={})) is None
+
+
+def test_a_start_above_the_steering_is_not_trusted():
+    """A caller that says the steering starts at layer 2 while a hook sits in block 1 gets the full pass's
+    numbers: the model's hooks, not the caller, have the last word."""
+    model = tiny_chat_model("llama").eval()
+    full, replayed = _scorers(model, [1, 2])
+    adapter = random_adapter(model, counts={1: 1}, strength=4.0)
+    steered = SteeredModel(model, adapter, check_fingerprint=False)
+    try:
+        effect, drift = full.score_samples()
+        effect_r, drift_r = replayed.score_samples(start=2)   # wrong on purpose
+    finally:
+        steered.detach()
+    assert effect.abs().max() > 1e-3
+    assert torch.equal(effect, effect_r) and drift == drift_r
