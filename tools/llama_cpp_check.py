@@ -24,17 +24,9 @@ import torch
 
 from masteer.runtime.atomic import atomic_write_text
 
-
-def transformers_answers(model, prompts: list[list[int]], max_new_tokens: int, eos: set[int]) -> list[list[int]]:
-    """Greedy answers cut before the first end-of-sequence token, as llama.cpp's are (``llama_cpp_answers``)."""
-    out = []
-    with torch.no_grad():
-        for ids in prompts:
-            gen = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=max_new_tokens, do_sample=False)
-            tokens = gen[0, len(ids):].tolist()
-            out.append(tokens[:next((i for i, t in enumerate(tokens) if t in eos), len(tokens))])
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # engine_check, beside this script
+from engine_check import (CheckError, agreement, base_and_baked, held_out_prompts, stop_ids,  # noqa: E402
+                          transformers_answers)
 
 
 def without_extra_buffer_types() -> None:
@@ -70,13 +62,6 @@ def llama_cpp_answers(path: Path, prompts: list[list[int]], max_new_tokens: int,
     return out
 
 
-def agreement(reference: list[list[int]], other: list[list[int]]) -> dict:
-    same = sum(a == b for a, b in zip(reference, other))
-    prefix = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-              for a, b in zip(reference, other)]
-    return {"identical": same, "n": len(reference), "mean_common_prefix": round(sum(prefix) / len(prefix), 2)}
-
-
 def report(results, prompts, tokenizer, reference, arm, engine, kind, answers, seconds, is_refusal) -> None:
     row = {"arm": arm, "engine": engine, "type": kind, "seconds": round(seconds, 1)}
     for g in prompts:
@@ -101,32 +86,25 @@ def main(argv=None) -> int:
     from masteer.compiler.common.judge import is_refusal
     from masteer.compiler.common.models import load_model
     from masteer.compiler.lowering.gguf_model import write_gguf_model
-    from masteer.compiler.samples.sample_set import NEUTRAL, TARGET, SampleSet
-    from masteer.runtime import SteeringAdapter, bake
 
     torch.set_num_threads(2)
-    samples = SampleSet.load(args.adapter / "samples.jsonl")
-    groups = {"harmful": [s.prompt for s in samples.select(split="test", label=TARGET)][: args.n],
-              "benign": [s.prompt for s in samples.select(split="test", label=NEUTRAL)][: args.n]}
+    try:
+        groups = held_out_prompts(args.adapter, args.n)
+    except CheckError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 2
     loaded = load_model(args.model)
     tokenizer = loaded.tokenizer
     prompts = {g: [encode_prompt(tokenizer, p) for p in ps] for g, ps in groups.items()}
-    configured = getattr(loaded.model.generation_config, "eos_token_id", None)
-    configured = configured if isinstance(configured, (list, tuple)) else [configured]
-    eos = {e for e in [tokenizer.eos_token_id, *configured] if e is not None}
+    eos = set(stop_ids(loaded))
     results: dict = {"adapter": str(args.adapter), "model": args.model, "max_new_tokens": args.max_new_tokens,
                      "n_per_group": {g: len(p) for g, p in prompts.items()}, "rows": []}
     with tempfile.TemporaryDirectory(prefix="masteer-llama-cpp-") as tmp:
         tmp = Path(tmp)
-        base_dir = tmp / "base"
-        loaded.model.save_pretrained(base_dir)
-        tokenizer.save_pretrained(base_dir)
-        baked_dir = bake(load_model(args.model).model, SteeringAdapter.load(args.adapter), tmp / "baked",
-                         tokenizer=tokenizer)
+        base_dir, baked_dir = base_and_baked(loaded, args.model, args.adapter, tmp)
         from transformers import AutoModelForCausalLM
         for arm, folder in (("base", base_dir), ("baked", baked_dir)):
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-            model.generation_config.eos_token_id = list(eos)
             start = time.perf_counter()
             reference = {g: transformers_answers(model, p, args.max_new_tokens, eos) for g, p in prompts.items()}
             seconds = time.perf_counter() - start

@@ -26,15 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # engine_check, beside this script
+from engine_check import (GROUPS, CheckError, agreement, base_and_baked, held_out_prompts, stop_ids,  # noqa: E402
+                          transformers_answers)
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().with_name("vllm_worker.py")
 DEFAULT_VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 DTYPES = ("float32", "bfloat16")
-GROUPS = ("harmful", "benign")
-
-
-class CheckError(Exception):
-    """A one-line reason the check cannot run; main prints it as ``Error: ...`` and returns 2."""
 
 
 def check_vllm_python(path: Path) -> Path:
@@ -46,28 +45,6 @@ def check_vllm_python(path: Path) -> Path:
     if not os.access(path, os.X_OK):
         raise CheckError(f"{path} is not executable; re-run `bash tools/vllm_setup.sh` or pass another --vllm-python")
     return path
-
-
-def trim(tokens: list[int], stops) -> list[int]:
-    """The answer up to, not including, its first stop token (transformers keeps the end-of-sequence token and
-    pads after it; vLLM's worker cuts there): both engines' answers in one form."""
-    stops = set(stops)
-    return [int(t) for t in next((tokens[:i] for i, t in enumerate(tokens) if t in stops), tokens)]
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-
-
-def agreement(reference: list[list[int]], other: list[list[int]]) -> dict:
-    """How many answers are token for token identical, and the mean length of the common prefix."""
-    if len(reference) != len(other):
-        raise ValueError(f"agreement needs as many answers on each side, got {len(reference)} and {len(other)}")
-    if not reference:
-        raise ValueError("agreement needs at least one answer")
-    same = sum(a == b for a, b in zip(reference, other))
-    prefix = [common_prefix(a, b) for a, b in zip(reference, other)]
-    return {"identical": same, "n": len(reference), "mean_common_prefix": round(sum(prefix) / len(prefix), 2)}
 
 
 def median(values: list[float]) -> float:
@@ -130,18 +107,6 @@ def run_vllm(python: Path, folder: Path, dtype: str, prompts: list[list[int]], s
     return json.loads(result.read_text())
 
 
-def transformers_answers(model, prompts: list[list[int]], max_new_tokens: int, stops) -> list[list[int]]:
-    import torch
-    out = []
-    with torch.no_grad():
-        for ids in prompts:
-            gen = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=list(stops),
-                                 pad_token_id=list(stops)[0])
-            out.append(trim(gen[0, len(ids):].tolist(), stops))
-    return out
-
-
 def split(answers: list[list[int]], sizes: dict[str, int]) -> dict[str, list[list[int]]]:
     out, at = {}, 0
     for g, n in sizes.items():
@@ -181,24 +146,15 @@ def check(args, python: Path) -> int:
     from masteer.compiler.capture.activations import encode_prompt
     from masteer.compiler.common.judge import is_refusal
     from masteer.compiler.common.models import load_model
-    from masteer.compiler.samples.sample_set import NEUTRAL, TARGET, SampleSet
-    from masteer.runtime import SteeringAdapter, bake
     from masteer.runtime.atomic import atomic_write_text
 
     torch.set_num_threads(args.threads)
-    samples = SampleSet.load(args.adapter / "samples.jsonl")
-    texts = {"harmful": [s.prompt for s in samples.select(split="test", label=TARGET)][: args.n],
-             "benign": [s.prompt for s in samples.select(split="test", label=NEUTRAL)][: args.n]}
-    for g, ps in texts.items():
-        if not ps:
-            raise CheckError(f"{args.adapter / 'samples.jsonl'} has no {g} test prompts")
+    texts = held_out_prompts(args.adapter, args.n)
     loaded = load_model(args.model)
     tokenizer = loaded.tokenizer
     sizes = {g: len(ps) for g, ps in texts.items()}
     prompts = [encode_prompt(tokenizer, p) for g in GROUPS for p in texts[g]]
-    configured = getattr(loaded.model.generation_config, "eos_token_id", None)
-    configured = configured if isinstance(configured, (list, tuple)) else [configured]
-    stops = sorted({e for e in [tokenizer.eos_token_id, *configured] if e is not None})
+    stops = stop_ids(loaded)
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     results: dict = {"adapter": str(args.adapter), "model": args.model, "max_new_tokens": args.max_new_tokens,
                      "n_per_group": sizes, "stop_token_ids": stops, "rounds": args.rounds,
@@ -220,11 +176,7 @@ def check(args, python: Path) -> int:
 
     with tempfile.TemporaryDirectory(prefix="masteer-vllm-") as tmp:
         tmp = Path(tmp)
-        base_dir = tmp / "base"
-        loaded.model.save_pretrained(base_dir)
-        tokenizer.save_pretrained(base_dir)
-        baked_dir = bake(load_model(args.model).model, SteeringAdapter.load(args.adapter), tmp / "baked",
-                         tokenizer=tokenizer)
+        base_dir, baked_dir = base_and_baked(loaded, args.model, args.adapter, tmp)
         for arm, folder in (("base", base_dir), ("baked", baked_dir)):
             reference_f32 = None
             for dtype in (["float32"] + [d for d in args.dtypes if d != "float32"]):

@@ -1,4 +1,4 @@
-"""The pure parts of tools/vllm_check.py (no vLLM needed): token agreement, the stop-token trim, argument errors,
+"""The pure parts of tools/vllm_check.py and the tools/engine_check.py it shares with the llama.cpp check (no vLLM needed): token agreement, the stop-token trim, argument errors,
 the one-line error when vLLM's venv is missing, and a failing vLLM run reported in one line.
 
 tools/ is not a package on the path: the script is loaded from its file."""
@@ -22,6 +22,7 @@ def load_check():
 
 
 vc = load_check()
+import engine_check as ec  # noqa: E402  (on the path once the check is loaded: tools/engine_check.py)
 
 
 def test_agreement_counts_identical_answers_and_the_mean_common_prefix():
@@ -29,7 +30,7 @@ def test_agreement_counts_identical_answers_and_the_mean_common_prefix():
     other = [[1, 2, 3], [4, 5, 9, 7], [8, 1]]
     assert vc.agreement(reference, other) == {"identical": 1, "n": 3, "mean_common_prefix": round((3 + 2 + 1) / 3, 2)}
     assert vc.agreement(reference, reference)["identical"] == 3
-    assert vc.common_prefix([], [1]) == 0
+    assert ec.common_prefix([], [1]) == 0
     with pytest.raises(ValueError, match="as many answers"):
         vc.agreement([[1]], [[1], [2]])
     with pytest.raises(ValueError, match="at least one"):
@@ -37,9 +38,9 @@ def test_agreement_counts_identical_answers_and_the_mean_common_prefix():
 
 
 def test_trim_cuts_at_the_first_stop_token_so_both_engines_answers_have_one_form():
-    assert vc.trim([5, 6, 2, 0, 0], [2]) == [5, 6]     # transformers: eos kept, padding after
-    assert vc.trim([5, 6, 7], [2]) == [5, 6, 7]        # no stop: all of it
-    assert vc.trim([9, 5], {9, 2}) == []
+    assert ec.trim([5, 6, 2, 0, 0], [2]) == [5, 6]     # transformers: eos kept, padding after
+    assert ec.trim([5, 6, 7], [2]) == [5, 6, 7]        # no stop: all of it
+    assert ec.trim([9, 5], {9, 2}) == []
     assert vc.median([3.0, 1.0, 2.0]) == 2.0 and vc.median([4.0, 1.0]) == 2.5
 
 
