@@ -50,6 +50,7 @@ from .program.search import Candidate, ProgramContext, SearchRecord, applicabili
 from .program.applicability import score_adapter
 from .evaluation.gate_report import gate_reports, open_share, prompt_openings
 from .common.models import LoadedModel, load_model
+from .common.selection_model import selection_model
 from .common.prefix_replay import first_steered_layer
 from .capture.prefill_sharing import sharing_prefill
 from .pipeline import (REPORT_NAME, SAMPLES_NAME, CompileOptions, _prepare, add_static, anchor_negatives,
@@ -114,6 +115,7 @@ class ProgramCompile:
     strength: float = float("nan")               # the recipe's (or --strength) strength the program started from
     candidates: list[LayerCandidate] = field(default_factory=list)  # every layer's numbers (single preset)
     val_base: dict[str, float] = field(default_factory=dict)        # base val rates by label (single preset)
+    selection_precision: str = "exact"           # what the choosing ran in (``common.selection_model``)
 
     @property
     def chosen_layer(self) -> int:
@@ -127,7 +129,7 @@ class ProgramCompile:
                   "samples": {"hash": self.samples.content_hash, "counts": self.samples.summary()},
                   "library": [r.to_dict() for r in self.library], "program": self.program.summary(),
                   "search": asdict(self.search) if self.search is not None else None,
-                  "static_match": self.static_match,
+                  "static_match": self.static_match, "selection_precision": self.selection_precision,
                   "timings_s": {k: round(v, 1) for k, v in self.timings.items()}}
         if self.preset == SINGLE_PRESET:
             report.update(chosen_layer=self.chosen_layer, val_base=self.val_base,
@@ -275,21 +277,24 @@ def compile_program(options: CompileOptions, preset: AdaptiveOptions | SingleStr
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     recipe, samples, loaded, layers, seed, strength = _prepare(options, loaded, log, need_val=True)
-    with sharing_prefill(loaded.model, layers):   # every val generation shares its prompt prefill below the layer
-        val = samples.select(split="val")
-        timings["load"] = time.perf_counter() - clock
+    val = samples.select(split="val")
+    timings["load"] = time.perf_counter() - clock
 
-        clock = time.perf_counter()
-        train = samples.select(split="train") + shut_on(others, samples)
-        seqs = fit_sequences(train + val, anchor_negatives(train, options, loaded, seed, log))
-        acts = capture_activations(options, loaded, seqs, layers, samples, log)
-        timings["capture"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    train = samples.select(split="train") + shut_on(others, samples)
+    seqs = fit_sequences(train + val, anchor_negatives(train, options, loaded, seed, log))
+    acts = capture_activations(options, loaded, seqs, layers, samples, log)
+    timings["capture"] = time.perf_counter() - clock
 
-        clock = time.perf_counter()
+    clock = time.perf_counter()
+    chooser, precision = selection_model(loaded, options.selection_precision)   # scores and generates to choose
+    log(f"selection precision: {precision}" + (" (a bfloat16 copy scores and generates to choose; the evaluation "
+                                                "measures the model as loaded)" if chooser is not loaded else ""))
+    with sharing_prefill(chooser.model, layers):   # every val generation shares its prompt prefill below the layer
         base = new_adapter(loaded, samples, recipe)
         val_pairs = (seqs.indices("positive", paired=True, split="val"), seqs.indices("negative", paired=True, split="val"))
         proposals: dict = {}
-        rows = library_table(loaded.model, loaded.tokenizer, base, seqs.fit_inputs(acts), val_pairs, val, layers,
+        rows = library_table(chooser.model, chooser.tokenizer, base, seqs.fit_inputs(acts), val_pairs, val, layers,
                              algorithms=program_algorithms(adaptive), keep_layers=adaptive.keep_layers,
                              budget=adaptive.budget,
                              batch_size=options.batch_size, progress=options.progress, log=log,
@@ -304,38 +309,44 @@ def compile_program(options: CompileOptions, preset: AdaptiveOptions | SingleStr
         val_items, val_ids = applicability_targets(val)
         neutral_val = [s.prompt for s in val if s.label == NEUTRAL]
         candidate_layers = sorted({c.proposal.layer for c in candidates})
-        ctx = ProgramContext(acts=acts, sequences=seqs.samples, roles=seqs.roles, host_form=host_layout(loaded.model).form,
-                             seed=seed, new_adapter=lambda: new_adapter(loaded, samples, recipe), model=loaded.model,
-                             train_scorer=HeldOutScorer(loaded.model, loaded.tokenizer, train_items, [], options.batch_size,
+        model, tokenizer = chooser.model, chooser.tokenizer
+        ctx = ProgramContext(acts=acts, sequences=seqs.samples, roles=seqs.roles, host_form=host_layout(model).form,
+                             seed=seed, new_adapter=lambda: new_adapter(loaded, samples, recipe), model=model,
+                             train_scorer=HeldOutScorer(model, tokenizer, train_items, [], options.batch_size,
                                                         replay_layers=candidate_layers),
                              train_ids=train_ids,
                              anchor_ids=[s.id for s in samples.select(split="train", label=TARGET)],
-                             val_scorer=HeldOutScorer(loaded.model, loaded.tokenizer, val_items, neutral_val,
+                             val_scorer=HeldOutScorer(model, tokenizer, val_items, neutral_val,
                                                       options.batch_size, replay_layers=candidate_layers),
                              val_ids=val_ids, budget=adaptive.budget,
-                             start_score=behaviour_score(recipe, loaded, val, options),
+                             start_score=behaviour_score(recipe, chooser, val, options),
                              catch_pool=catch_pool(rows, proposals, recipe, strength) if adaptive.catch else (),
-                             neutral_fpr=lambda adapter: open_share(prompt_openings(loaded.model, loaded.tokenizer, adapter,
-                                                                                    neutral_val, options.batch_size)))
+                             # gate openings compare activations with thresholds: counted on the model as loaded,
+                             # which is what the adapter runs on (a bfloat16 copy moves prompts across them)
+                             neutral_fpr=lambda adapter: open_share(prompt_openings(
+                                 loaded.model, loaded.tokenizer, adapter, neutral_val, options.batch_size)))
         program, search = build_program(ctx, candidates, selection=adaptive.selection,
                                         max_strategies=adaptive.max_strategies, progress=options.progress, log=log)
         adapter = lower(program, new_adapter(loaded, samples, recipe))
         single = lower(Program(program.strategies[:1], adaptive.selection), new_adapter(loaded, samples, recipe))
         timings["program"] = time.perf_counter() - clock
 
-        clock = time.perf_counter()
-        static, match = None, {}
-        chosen_static = best_static(rows)
-        if chosen_static is not None and options.evaluate:
+    # The static arm is matched on the model as loaded: its strength decides what the table compares with.
+    clock = time.perf_counter()
+    static, match = None, {}
+    chosen_static = best_static(rows)
+    if chosen_static is not None and options.evaluate:
+        with sharing_prefill(loaded.model, layers):
             val_groups = {TARGET: samples.select(split="val", label=TARGET)}
             adaptive_rate = val_rates(loaded, adapter, val_groups, options)[TARGET]
             static, match = match_static(loaded, base, proposals[(chosen_static.algorithm, chosen_static.layer)],
                                          adaptive_rate, val_groups, options, strength, log)
             match["strategy"] = f"{chosen_static.algorithm}-L{chosen_static.layer}"
-        timings["static_match"] = time.perf_counter() - clock
-        return ProgramCompile(recipe=recipe, samples=samples, library=rows, program=program, search=search,
-                              adapter=adapter, single=single, static=static, static_match=match, timings=timings,
-                              loaded=loaded, layers=tuple(layers), preset=ADAPTIVE_PRESET, seed=seed, strength=strength)
+    timings["static_match"] = time.perf_counter() - clock
+    return ProgramCompile(recipe=recipe, samples=samples, library=rows, program=program, search=search,
+                          adapter=adapter, single=single, static=static, static_match=match, timings=timings,
+                          loaded=loaded, layers=tuple(layers), preset=ADAPTIVE_PRESET, seed=seed, strength=strength,
+                          selection_precision=precision)
 
 
 def _compile_single(options: CompileOptions, preset: SingleStrategy, loaded: LoadedModel | None,
@@ -345,42 +356,42 @@ def _compile_single(options: CompileOptions, preset: SingleStrategy, loaded: Loa
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     recipe, samples, loaded, layers, seed, strength = _prepare(options, loaded, log)
-    with sharing_prefill(loaded.model, layers):   # every val generation shares its prompt prefill below the layer
-        timings["load"] = time.perf_counter() - clock
+    timings["load"] = time.perf_counter() - clock
 
-        clock = time.perf_counter()
-        train = samples.select(split="train")
-        seqs = fit_sequences(train, anchor_negatives(train, options, loaded, seed, log))
-        acts = capture_activations(options, loaded, seqs, layers, samples, log)
-        timings["capture"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    train = samples.select(split="train")
+    seqs = fit_sequences(train, anchor_negatives(train, options, loaded, seed, log))
+    acts = capture_activations(options, loaded, seqs, layers, samples, log)
+    timings["capture"] = time.perf_counter() - clock
 
-        clock = time.perf_counter()
-        host_form = host_layout(loaded.model).form
-        fitted = {layer: fit_layer(acts, seqs, layer, preset.algorithm, host_form, seed) for layer in layers}
-        timings["fit"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    host_form = host_layout(loaded.model).form
+    fitted = {layer: fit_layer(acts, seqs, layer, preset.algorithm, host_form, seed) for layer in layers}
+    timings["fit"] = time.perf_counter() - clock
 
-        # The layer is chosen by what the repair is for: the gated strategy should make the model refuse val target
-        # prompts and leave val neutral prompts alone (a teacher-forced log-odds score did not rank layers the way
-        # generation does: it is dominated by late completion tokens, while a refusal is decided in the first few).
-        clock = time.perf_counter()
-        val = {TARGET: samples.select(split="val", label=TARGET), NEUTRAL: samples.select(split="val", label=NEUTRAL)}
-
+    # The layer is chosen by what the repair is for: the gated strategy should make the model refuse val target
+    # prompts and leave val neutral prompts alone (a teacher-forced log-odds score did not rank layers the way
+    # generation does: it is dominated by late completion tokens, while a refusal is decided in the first few).
+    clock = time.perf_counter()
+    val = {TARGET: samples.select(split="val", label=TARGET), NEUTRAL: samples.select(split="val", label=NEUTRAL)}
+    chooser, precision = selection_model(loaded, options.selection_precision) if len(layers) > 1 else (loaded, "exact")
+    with sharing_prefill(chooser.model, layers):   # every val generation shares its prompt prefill below the layer
         def layer_rates(adapter: SteeringAdapter) -> tuple[float, float]:
-            measured = val_rates(loaded, adapter, val, options)
+            measured = val_rates(chooser, adapter, val, options)
             return measured[TARGET], measured[NEUTRAL]
-        base_val = val_rates(loaded, None, val, options) if len(layers) > 1 else {}
+        base_val = val_rates(chooser, None, val, options) if len(layers) > 1 else {}
         if base_val:
             log(f"val refusal, base model: target {base_val[TARGET]:.2f} neutral {base_val[NEUTRAL]:.2f}")
         program, candidates = single_program(recipe.name, fitted, strength, lambda: new_adapter(loaded, samples, recipe),
                                              layer_rates if len(layers) > 1 else None, log)
-        adapter = lower(program, new_adapter(loaded, samples, recipe))
-        static = new_adapter(loaded, samples, recipe)
-        add_static(static, recipe, fitted[program.strategies[0].layer][0], strength)
-        timings["program"] = time.perf_counter() - clock
-        return ProgramCompile(recipe=recipe, samples=samples, library=[], program=program, search=None, adapter=adapter,
-                              single=adapter, static=static, timings=timings, loaded=loaded, layers=tuple(layers),
-                              preset=SINGLE_PRESET, seed=seed, strength=strength, candidates=candidates,
-                              val_base=base_val)
+    adapter = lower(program, new_adapter(loaded, samples, recipe))
+    static = new_adapter(loaded, samples, recipe)
+    add_static(static, recipe, fitted[program.strategies[0].layer][0], strength)
+    timings["program"] = time.perf_counter() - clock
+    return ProgramCompile(recipe=recipe, samples=samples, library=[], program=program, search=None, adapter=adapter,
+                          single=adapter, static=static, timings=timings, loaded=loaded, layers=tuple(layers),
+                          preset=SINGLE_PRESET, seed=seed, strength=strength, candidates=candidates,
+                          val_base=base_val, selection_precision=precision)
 
 
 @dataclass
@@ -575,7 +586,7 @@ def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: Compi
     max_new_tokens = options.max_new_tokens or recipe.evaluation.max_new_tokens
     arms: dict = program_arms(result, single=detail)
     timings: dict[str, float] = {}
-    cache = ResultCache()
+    cache = stored_base_results(loaded.model, log) if options.store_base_results else ResultCache()
     with sharing_prefill(loaded.model, sorted(set(result.layers) | set(arm_layers(arms.values())))):
         fluent, forced, rows, gates, breakdowns, open_refusal = {}, {}, [], [], {}, {}
         with timed(timings, "refusal_table"):
@@ -614,6 +625,15 @@ def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: Compi
                                           seed=result.seed, progress=options.progress, log=log)
         return ProgramEvaluation(refusal=refusal, teacher_forced=forced, gates=gates, suites=report, frontier=rows,
                                  timings=timings, breakdowns=breakdowns, open_refusal=open_refusal, fluency=fluent)
+
+
+def stored_base_results(model, log: Callable[[str], None] = print):
+    """The evaluation's cache with the base arm's results stored beside the captures (``capture.cache.BaseArmCache``)."""
+    from .capture.cache import BaseArmCache, stored_results_name, stored_results_root
+    cache = BaseArmCache(stored_results_root() / stored_results_name(model), log)
+    if len(cache.stored):
+        log(f"base results: reusing {len(cache.stored)} stored in {cache.stored.path}")
+    return cache
 
 
 def answer_fluency(loaded: LoadedModel, refusal, groups: dict[str, list[Sample]], batch_size: int

@@ -30,7 +30,8 @@ from .strategies.algorithms import FitInputs, Proposal, available, get_algorithm
 from .program.anchors import Gate, fit_gate
 from .samples.builders import build_samples, resolve_recipe
 from .evaluation import evaluate_refusal
-from .common.models import EMBEDDED_NAME, LoadedModel, check_model_resolvable, load_model
+from .common.models import EMBEDDED_NAME, LoadedModel, check_model_resolvable, contiguous_head_input, load_model
+from .common.names import SELECTION_PRECISIONS
 from .capture.neutral_answers import ANCHOR_ONLY, decoy_completions, extra_neutral_items, neutral_answers
 from .samples.recipes import Recipe
 from .samples.sample_set import NEUTRAL, TARGET, Sample, SampleSet
@@ -60,6 +61,12 @@ class CompileOptions:
     batch_size: int = 16
     progress: bool = True
     cache_activations: bool = True      # reuse a stored capture of the same model, sequences and layers
+    store_base_results: bool = True     # keep the base model's evaluation answers and values for later compiles
+    # what calibration and the program search score and generate with (``common.selection_model``): "exact" =
+    # the model as loaded, "bf16" = a bfloat16 copy (2.4x faster selection on 2 AMX cores, but it chose another
+    # program of the same quality on refusal: docs/benchmarks/compile.md), "auto" = bf16 where the device has
+    # bfloat16 units, else exact; the evaluation always measures the model as loaded
+    selection_precision: str = "exact"
 
     def __post_init__(self):
         """Every value a user types is checked here, where it is made, not minutes later in the stage that reads it."""
@@ -80,6 +87,9 @@ class CompileOptions:
                 raise MasteerError(f"{name} must be a positive whole number, got {value!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise MasteerError(f"seed must be a whole number, got {self.seed!r}")
+        if self.selection_precision not in SELECTION_PRECISIONS:
+            raise MasteerError(f"selection_precision must be one of {', '.join(SELECTION_PRECISIONS)}, "
+                               f"got {self.selection_precision!r}")
 
 
 # --------------------------------------------------------------------------- stage helpers
@@ -253,6 +263,7 @@ def _prepare(options: CompileOptions, loaded: LoadedModel | None, log: Callable[
     log(f"samples: {len(samples.samples)} ({samples.content_hash}); "
         + ", ".join(f"{k}={v}" for k, v in samples.summary().items()))
     loaded = loaded or load_model(options.model)
+    contiguous_head_input(loaded.model)
     n_layers = model_fingerprint(loaded.model).num_layers
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ def main(argv=None) -> int:
     parser.add_argument("--recipe", default="refusal")
     parser.add_argument("--model", help="a model name or folder (default: the embedded SmolLM2)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--keep", type=Path, help="copy the compiled adapter folder here (to compare programs)")
     parser.add_argument("extra", nargs="*", help="more masteer-compile arguments, after --")
     args = parser.parse_args(argv)
     from masteer.runtime.atomic import atomic_write_text
@@ -60,6 +62,8 @@ def main(argv=None) -> int:
             print(f"bench_compile: masteer-compile failed (exit {run.returncode})", file=sys.stderr)
             return run.returncode
         report = json.loads((out / "compile_report.json").read_text())
+        if args.keep:
+            shutil.copytree(out, args.keep, dirs_exist_ok=True)
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     evaluation = report.get("evaluation") or {}
     result = {"command": " ".join(["masteer-compile", args.recipe, "--quiet", *args.extra]
@@ -67,6 +71,8 @@ def main(argv=None) -> int:
               "model": report.get("base_model"), "commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "capture_stored": "reusing the stored capture" in run.stderr,
+              "base_results_stored": "base results: reusing" in run.stderr,
+              "selection_precision": report.get("selection_precision"),
               "wall_s": round(wall, 1), "peak_rss_gib": round(peak_kib / 2**20, 2),
               "load_average_before": [round(x, 2) for x in load_before],
               "load_average_after": [round(x, 2) for x in load_after],

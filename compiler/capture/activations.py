@@ -140,13 +140,21 @@ def capture(model, tokenizer, items: Sequence[tuple[str, str | None]], layers: S
     hooks += [blocks[layer].register_forward_hook(
         lambda module, args, output, layer=layer: residuals.__setitem__(layer, _layer_output(output).detach()))
         for layer in layers]
+    # Nothing above the last captured layer is read: stop the pass there (registered last, so the residual hook
+    # of that layer has run). The blocks above and the vocabulary projection of every position were about half
+    # of the capture's time on SmolLM2 with layers 10-14 of 30.
+    hooks.append(blocks[max(layers)].register_forward_hook(_stop_pass))
     order = sorted(range(n), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
     try:
         for start in tqdm(range(0, n, batch_size), desc="capturing activations", disable=not progress,
                           leave=False):
             batch = order[start:start + batch_size]
             ids, mask = left_pad([encoded[i][0] + encoded[i][1] for i in batch], tokenizer.pad_token_id)
-            model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids(mask).to(device))
+            try:
+                model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                      position_ids=position_ids(mask).to(device), use_cache=False)
+            except _PassStopped:
+                pass
             resid = torch.stack([residuals[l] for l in layers], dim=2).float().cpu()  # [B, S, L, H]
             mlp_in = torch.stack([mlp_inputs[l] for l in layers], dim=2).float().cpu()
             width = ids.shape[1]
@@ -175,6 +183,14 @@ def capture(model, tokenizer, items: Sequence[tuple[str, str | None]], layers: S
                        mlp_in_last_prompt=tables["mlp_in_last_prompt"], mlp_in_tokens=tokens,
                        token_sequence=owners, token_kind=kinds,
                        meta={"tail_tokens": tail_tokens, "max_completion_tokens": max_completion_tokens})
+
+
+class _PassStopped(Exception):
+    """Raised by the last captured layer's hook: the rest of the forward pass is not needed."""
+
+
+def _stop_pass(module, args, output):
+    raise _PassStopped
 
 
 def encode_items(tokenizer, items: Sequence[tuple[str, str | None]], max_completion_tokens: int

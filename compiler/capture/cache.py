@@ -48,13 +48,16 @@ def adapter_digest(adapter) -> str:
     return digest.hexdigest()[:24]
 
 
+BASE_ARM = "base"   # the arm key of the model as it is
+
+
 def arm_key(adapter=None, model=None) -> str:
     """What an arm's cached work is filed under: its content, never its name."""
     if adapter is not None:
         return "adapter:" + adapter_digest(adapter)
     if model is not None:
         return "model:" + model_key(model)
-    return "base"
+    return BASE_ARM
 
 
 class ResultCache:
@@ -110,3 +113,56 @@ class ResultCache:
                 fh.flush()
                 os.fsync(fh.fileno())
         self._data.update(items)
+
+    def for_arm(self, key: str) -> "ResultCache":
+        """Where the work of the arm filed under ``key`` goes (here: this cache, for every arm)."""
+        return self
+
+
+RESULTS_ENV = "MASTEER_RESULTS_CACHE"
+
+
+def stored_results_root() -> Path:
+    """``$MASTEER_RESULTS_CACHE`` if set, else ``$XDG_CACHE_HOME/masteer/results`` (default
+    ``~/.cache/masteer/results``). Delete the folder to reclaim the space; nothing else refers to it."""
+    from ..common.models import cache_dir
+    override = os.environ.get(RESULTS_ENV)
+    return Path(override) if override else cache_dir() / "results"
+
+
+def stored_results_name(model) -> str:
+    """The file name of a model's stored base results: everything the numbers depend on besides the prompt and
+    the settings in each key (the weights as far as the fingerprint tells, dtype, device type, library versions)."""
+    import torch
+    import transformers
+    parameter = next(model.parameters())
+    return cache_key(model_key(model), str(parameter.dtype), parameter.device.type, torch.__version__,
+                     transformers.__version__) + ".jsonl"
+
+
+class BaseArmCache(ResultCache):
+    """In memory, except the base arm's results, which are also read from and appended to ``path``.
+
+    What the base model answers to a test prompt, and its MMLU, perplexity and KL items, depend only on the
+    model, the prompts and the settings: like the capture, they are stored so that every compile after the
+    first on a model skips them (about a third of the evaluation). Steered arms change with every program
+    and stay in memory, so a compile's measured time never hides work it would do for a new program. A
+    stored file that cannot be read is moved aside (named in ``log``) and started afresh: a cache must never
+    fail a compile."""
+
+    def __init__(self, path: str | os.PathLike, log=print):
+        super().__init__()
+        path = Path(path)
+        try:
+            self.stored = ResultCache(path)
+        except (MasteerError, OSError, UnicodeDecodeError) as exc:
+            aside = path.with_name(path.name + ".unreadable")
+            try:
+                os.replace(path, aside)
+            except OSError:
+                pass
+            log(f"stored base results {path} could not be read ({exc}); moved to {aside}, starting afresh")
+            self.stored = ResultCache(path)
+
+    def for_arm(self, key: str) -> ResultCache:
+        return self.stored if key == BASE_ARM else self

@@ -25,6 +25,7 @@ def cached_generate(model, tokenizer, prompts: Sequence[str], cache: ResultCache
                     max_new_tokens: int, batch_size: int, progress: bool = True,
                     desc: str = "generating") -> dict[str, str]:
     """prompt -> greedy completion for every distinct prompt; new ones cached batch by batch."""
+    cache = cache.for_arm(arm_key)
     settings = generation_settings(max_new_tokens)
     keys = {p: cache_key(model_key, arm_key, "generate", settings, p) for p in dict.fromkeys(prompts)}
     done = {p: v for p, v in ((p, cache.get(k)) for p, k in keys.items()) if v is not None}

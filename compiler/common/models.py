@@ -89,4 +89,24 @@ def load_model(name: str = EMBEDDED_NAME, dtype: torch.dtype = torch.float32, de
     model.eval()
     if device:
         model.to(device)
+    contiguous_head_input(model)
     return LoadedModel(model=model, tokenizer=tokenizer, name=packaged.hub_id if packaged else name)
+
+
+def _contiguous(module, args):
+    return (args[0].contiguous(), *args[1:]) if args and isinstance(args[0], torch.Tensor) else None
+
+
+def contiguous_head_input(model: torch.nn.Module) -> None:
+    """Make the vocabulary projection's input contiguous (once per model; copies keep it).
+
+    transformers projects only the last positions it is asked for (``logits_to_keep``; generation's prefill
+    keeps one) by slicing the hidden states, and torch runs a linear layer on a sliced 3-d input as a batched
+    product over a copy of the weight per row: the 49152 x 576 projection of SmolLM2 took 0.18 s for 16 rows x
+    9 positions in float32 and 0.93 s in bfloat16, against 0.03 s and 0.009 s on a contiguous copy of the
+    (small) input. The numbers are the same products, summed in another kernel."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or getattr(head, "_masteer_contiguous_input", False):
+        return
+    head.register_forward_pre_hook(_contiguous)
+    head._masteer_contiguous_input = True

@@ -129,9 +129,9 @@ class _ArmRun:
 
     def _cached_chunks(self, suite: Suite, tag: str, items: Sequence, compute: Callable[[list], list]) -> list:
         """``compute`` over ``items`` in chunks, each chunk's results cached per item."""
-        ctx = self.ctx
+        ctx, cache = self.ctx, self.ctx.cache.for_arm(self.arm_key)
         keys = [self._key(tag, suite.kind, repr(item)) for item in items]
-        out = [ctx.cache.get(k) for k in keys]
+        out = [cache.get(k) for k in keys]
         todo = [i for i, v in enumerate(out) if v is None]
         size = ctx.batch_size * CHUNK_BATCHES
         bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{suite.name} ({self.arm.name})",
@@ -139,7 +139,7 @@ class _ArmRun:
         for start in range(0, len(todo), size):
             chunk = todo[start:start + size]
             values = compute([items[i] for i in chunk])
-            ctx.cache.put_many((keys[i], v) for i, v in zip(chunk, values))
+            cache.put_many((keys[i], v) for i, v in zip(chunk, values))
             for i, v in zip(chunk, values):
                 out[i] = v
             bar.update(len(chunk))

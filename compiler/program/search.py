@@ -15,7 +15,8 @@ directions at their layers) this stage:
    samples keeps its base anchor;
 4. prunes candidates that win (largest effect) on no val sample;
 5. chooses the program greedily on val: start from the best single gated strategy (by the recipe's own
-   behaviour score where it has one, e.g. judged refusal of short greedy answers; else by val log-odds;
+   behaviour score where it has one, e.g. judged refusal of short greedy answers, among the variants with
+   the largest val log-odds effect, ``START_SHORTLIST``; else by val log-odds;
    with a behaviour score, the winner's anchor is also tried at the other operating points of
    ``ANCHOR_BUDGETS``, because a threshold set on every neutral token is only a proxy for the trade between
    harmful and benign prompts opened),
@@ -63,6 +64,11 @@ POOL_SIZE = 3              # candidates tried at each greedy step (by val wins)
 COVERAGE_FRACTION = 0.5    # "moved": effect >= this fraction of the best single strategy's median effect
 MIN_MOVED_EFFECT = 0.01    # ... and never below this (nats), so a program that moves nothing covers nothing
 MAX_PROMPT_FPR = 0.05      # an addition may not open the program on more val neutral prompts than this
+# variants (candidate x anchor) judged by the behaviour score for the start, by val log-odds effect: the
+# generations were a third of the search's time. Measured on refusal / SmolLM2 with all 10 variants judged: the
+# start was the largest-effect variant, and no variant outside the three largest effects scored as high as
+# any of those three (best outside +0.418, the three +0.428 to +0.454)
+START_SHORTLIST = 3
 # operating points tried for the first strategy's anchor: the share of neutral training tokens it may open on
 ANCHOR_BUDGETS = (0.01, DEFAULT_FPR_BUDGET, 0.04)
 
@@ -348,7 +354,9 @@ def start_by_behaviour(ctx: ProgramContext, candidates: Sequence[Candidate], str
     the other operating points of ``ANCHOR_BUDGETS`` (the share of neutral training tokens it may open on):
     where its prompts end, a threshold set on every neutral token is only a proxy for the prompt-level trade
     between harmful prompts opened and benign ones, which the behaviour score measures. Returns the name, the
-    strategy (with the winning anchor), its per-sample val effect, its drift and its score."""
+    strategy (with the winning anchor), its per-sample val effect, its drift and its score. Only the
+    ``START_SHORTLIST`` variants with the largest val effect within the budget are generated for; the rest are
+    recorded unscored."""
     variants = []
     for c in candidates:
         k = val_app.index(c.name)
@@ -357,14 +365,18 @@ def start_by_behaviour(ctx: ProgramContext, candidates: Sequence[Candidate], str
             plain = strategy_of(c, base_gates[c.name])
             effect, drift = score_adapter(ctx.model, ctx.val_scorer, program_adapter(ctx, [plain], selection))
             variants.append((c.name, "base", plain, effect, drift))
+    within = sorted((v for v in variants if v[4] <= ctx.budget), key=lambda v: (-float(v[3].mean()), v[0], v[1]))
+    shortlist = {(v[0], v[1]) for v in within[:START_SHORTLIST]}
     scored = []
     for name, anchor, strategy, effect, drift in tqdm(variants, desc="start strategy (val behaviour)",
                                                       disable=not progress, leave=False):
         row = {"name": name, "anchor": anchor, "val_effect": round(float(effect.mean()), 4),
                "val_drift": round(float(drift), 5)}
-        if drift <= ctx.budget:
+        if (name, anchor) in shortlist:
             row["score"] = round(float(ctx.start_score(program_adapter(ctx, [strategy], selection))), 4)
             scored.append((row["score"], float(effect.mean()), name, anchor, strategy, effect, drift))
+        elif drift <= ctx.budget:
+            row["shortlisted"] = False   # its val effect ranks below the START_SHORTLIST largest: not generated
         record.start_scores.append(row)
     if not scored:
         raise ValueError(f"no gated candidate stays within the drift budget {ctx.budget:g} on val neutral prompts")

@@ -151,3 +151,27 @@ def test_bad_options_fail_before_any_work(small_samples):
                         SingleStrategy(), loaded=loaded, log=lambda _: None)
     with pytest.raises(MasteerError, match="unknown algorithm 'mean_diff'"):
         SingleStrategy(algorithm="mean_diff")
+
+
+def test_a_second_evaluation_reads_the_stored_base_arm_and_gives_the_same_table(compiled, monkeypatch):
+    """The base arm's answers are stored per model: the next compile on it generates only the steered arms,
+    and its table is the same."""
+    from masteer.compiler.capture import generations
+    shared, result, evaluation, lines = compiled
+    # the same weights afresh (another test bakes the shared model in place)
+    loaded = LoadedModel(tiny_chat_model(shared.name.removeprefix("tiny-")), byte_tokenizer(), shared.name)
+    options = CompileOptions(recipe="refusal", layers=(0, 2), strength=1.0, max_new_tokens=3, progress=False)
+    real, arms = generations.generate, []
+    monkeypatch.setattr(generations, "generate", lambda model, *a, **k: arms.append(type(model).__name__)
+                        or real(model, *a, **k))
+    said: list[str] = []
+    again = evaluate_program(result, loaded, options, suites=False, log=said.append)
+    assert any(line.startswith("base results: reusing") for line in said)
+    assert arms and "SteeredModel" in set(arms) and set(arms) == {"SteeredModel"}   # no base-model generation
+    assert again.refusal.to_dict() == evaluation.refusal.to_dict()
+    fresh = evaluate_program(result, loaded, CompileOptions(recipe="refusal", layers=(0, 2), strength=1.0,
+                                                            max_new_tokens=3, progress=False,
+                                                            store_base_results=False), suites=False, log=said.append)
+    assert set(arms) > {"SteeredModel"}                                              # --no-cache: the base again
+    assert fresh.refusal.to_dict() == evaluation.refusal.to_dict()
+    assert result.report()["selection_precision"] == "exact"                        # the default

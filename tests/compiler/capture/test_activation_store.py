@@ -61,6 +61,26 @@ def reference_states(model, tokenizer, item):
     return len(prompt), len(completion), outputs, mlp_inputs
 
 
+def test_the_pass_stops_after_the_last_captured_layer_with_the_same_numbers(model_and_tokenizer):
+    """Blocks above the last captured layer and the vocabulary projection are not run; what is recorded is
+    bit for bit what a full pass gives (the capture store's key does not change)."""
+    model, tokenizer = model_and_tokenizer
+    ran: list[int] = []
+    hooks = [block.register_forward_pre_hook(lambda m, a, i=i: ran.append(i))
+             for i, block in enumerate(decoder_layers(model))]
+    head = model.lm_head.register_forward_pre_hook(lambda m, a: ran.append(-1))
+    try:
+        early = capture(model, tokenizer, ITEMS, (0, 1), batch_size=2, progress=False)
+    finally:
+        for h in hooks + [head]:
+            h.remove()
+    assert set(ran) == {0, 1}                       # block 2 (of 3) and the output projection never ran
+    full = capture(model, tokenizer, ITEMS, (0, 1, 2), batch_size=2, progress=False)
+    for position in RESIDUAL_POSITIONS:
+        assert torch.equal(early.table(position), full.table(position)[:, :2])
+    assert torch.equal(early.mlp_in_tokens, full.mlp_in_tokens[:, :2])
+
+
 def test_every_position_reads_the_right_token_of_an_unpadded_run(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     acts = capture(model, tokenizer, ITEMS, LAYERS, batch_size=3, progress=False)

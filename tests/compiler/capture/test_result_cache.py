@@ -106,3 +106,42 @@ def test_other_settings_do_not_reuse_cached_work(tmp_path):
     evaluate(model, tok, {"base": None}, ["refusal"], n=2, judge=RefusalJudge(relevance=False), cache=cache,
              max_new_tokens=3, progress=False, n_boot=20)
     assert len(cache) == before + 2
+
+
+# ------------------------------------------------------------------------ the base arm stored across compiles
+def test_only_the_base_arm_is_stored_and_a_second_compile_generates_only_the_steered_arm(tmp_path, monkeypatch):
+    from masteer.compiler.capture.cache import BaseArmCache, stored_results_name
+    model, tok = tiny_chat_model("llama"), byte_tokenizer()
+    adapter = random_adapter(model, additive_layer=1)
+    path = tmp_path / stored_results_name(model)
+    first = _run(model, tok, adapter, BaseArmCache(path))
+    assert len(ResultCache(path)) == 6 + 6        # the base arm's 6 generations and 6 KL items, nothing steered
+
+    real_generate = generations.generate
+    generated: list[str] = []
+    monkeypatch.setattr(generations, "generate", lambda *a, **k: generated.extend(a[2]) or real_generate(*a, **k))
+    second = _run(model, tok, adapter, BaseArmCache(path))
+    assert len(generated) == 6                    # the steered arm again, the base arm read back
+    for name in ("refusal", "kl"):
+        for arm in ("base", "steered"):
+            assert second.suite(name).arms[arm].values == first.suite(name).arms[arm].values
+
+
+def test_the_stored_file_is_named_by_what_the_numbers_depend_on():
+    from masteer.compiler.capture.cache import stored_results_name
+    model = tiny_chat_model("llama")
+    assert stored_results_name(model) == stored_results_name(tiny_chat_model("llama"))
+    assert stored_results_name(model) != stored_results_name(tiny_chat_model("llama", seed=1))
+    assert stored_results_name(model) != stored_results_name(tiny_chat_model("llama").to(torch.bfloat16))
+
+
+def test_an_unreadable_stored_file_is_moved_aside_not_a_failed_compile(tmp_path):
+    from masteer.compiler.capture.cache import BASE_ARM, BaseArmCache
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"key": "a", "value": 1}\nnot json\n{"key": "b", "value": 2}\n')
+    said: list[str] = []
+    cache = BaseArmCache(path, log=said.append)
+    assert len(said) == 1 and "results.jsonl.unreadable" in said[0] and "could not be read" in said[0]
+    assert (tmp_path / "results.jsonl.unreadable").read_text().startswith('{"key": "a"')
+    cache.for_arm(BASE_ARM).put_many([("k", 1)])
+    assert ResultCache(path).get("k") == 1 and len(ResultCache(path)) == 1

@@ -14,6 +14,7 @@ import torch
 from tiny_models import byte_tokenizer, tiny_chat_model  # noqa: E402
 
 from masteer.compiler.capture.activations import encode_prompt  # noqa: E402
+from masteer.compiler.program import search as search_module  # noqa: E402
 from masteer.compiler.program.search import MIN_COVERAGE_GAIN  # noqa: E402
 from masteer.compiler.compile import AdaptiveOptions, compile_program  # noqa: E402
 from masteer.compiler.program.applicability import Applicability  # noqa: E402
@@ -23,6 +24,7 @@ from masteer.compiler.pipeline import CompileOptions  # noqa: E402
 from masteer.compiler.program.steering_program import Program, lower  # noqa: E402
 from masteer.compiler.samples.sample_set import SampleSet  # noqa: E402
 from masteer.runtime import SteeredModel, bake  # noqa: E402
+from masteer.runtime.hosts import decoder_layers  # noqa: E402
 from masteer.runtime.artifact import EXCLUSIVE  # noqa: E402
 from masteer.runtime.errors import LoweringError, MasteerError  # noqa: E402
 
@@ -62,11 +64,11 @@ def test_applicability_targets_cap_takes_every_group_evenly():
 
 
 # ------------------------------------------------------------------------------------ the compile
-def run(small_samples, selection="independent", seed=None, catch=False):
+def run(small_samples, selection="independent", seed=None, catch=False, precision="exact"):
     torch.set_num_threads(1)
     loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny-llama")
     options = CompileOptions(layers=(0, 1, 2), samples_path=str(small_samples), progress=False, evaluate=False,
-                             seed=seed)
+                             seed=seed, selection_precision=precision)
     # a random model drifts a lot per unit of steering: a loose budget keeps candidates in play
     adaptive = AdaptiveOptions(algorithms=ALGORITHMS, keep_layers=1, budget=10.0, selection=selection, catch=catch)
     return loaded, compile_program(options, adaptive, loaded=loaded, log=lambda _: None)
@@ -102,6 +104,7 @@ def test_a_behaviour_score_picks_the_start_strategy_and_its_anchor(small_samples
             return 1.0 if "pca" in adapter.strategies[0].strategy else 0.0
         return score
     monkeypatch.setattr(compile_driver, "behaviour_score", fake_score)
+    monkeypatch.setattr(search_module, "START_SHORTLIST", 100)   # every variant judged
     _, result = run(small_samples)
     search = result.search
     assert result.program.names[0] == search.steps[0]["chosen"] == f"refusal-pca-L{_layer(result, 'pca')}"
@@ -110,6 +113,48 @@ def test_a_behaviour_score_picks_the_start_strategy_and_its_anchor(small_samples
     assert all("score" in r for r in rows)          # budget 10: every variant is scored
     assert {r["anchor"] for r in rows} <= {"specialised", "base"}
     assert len(rows) == len(scored) >= len(search.candidates)
+
+
+def test_only_the_shortlist_of_largest_val_effects_is_judged(small_samples, monkeypatch):
+    """The behaviour score (greedy val generations) is spent on the ``START_SHORTLIST`` variants with the
+    largest val log-odds effect; the others are recorded, unscored, and cannot be the start."""
+    from masteer.compiler import compile as compile_driver
+    judged = []
+
+    def fake_score(recipe, loaded, val, options):
+        def score(adapter):
+            judged.append(adapter.strategies[0].strategy)
+            return 1.0 if "pca" in adapter.strategies[0].strategy else 0.0
+        return score
+    monkeypatch.setattr(compile_driver, "behaviour_score", fake_score)
+    monkeypatch.setattr(search_module, "START_SHORTLIST", 2)
+    _, result = run(small_samples)
+    rows = [r for r in result.search.start_scores if "@" not in r["anchor"]]   # before the operating points
+    by_effect = sorted(rows, key=lambda r: -r["val_effect"])
+    assert [r for r in rows if "score" in r] and len([r for r in rows if "score" in r]) == 2
+    assert {(r["name"], r["anchor"]) for r in rows if "score" in r} == {(r["name"], r["anchor"]) for r in by_effect[:2]}
+    assert all(r.get("shortlisted") is False for r in rows if "score" not in r)
+    shortlisted = {r["name"] for r in rows if "score" in r}
+    assert result.program.names[0] in shortlisted
+
+
+def test_a_bfloat16_selection_leaves_the_model_and_the_artifact_in_float32(small_samples, tmp_path):
+    """The copy only chooses: the model compiled on stays float32 and unhooked, the adapter's tensors are
+    float32, and the program bakes to the adapter's logits as exactly as an exact selection's does."""
+    from transformers import AutoModelForCausalLM
+    loaded, result = run(small_samples, precision="bf16")
+    assert result.report()["selection_precision"] == "bf16" and result.loaded is loaded
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in decoder_layers(loaded.model))
+    assert {t.dtype for t in result.adapter.tensors.values() if t.is_floating_point()} == {torch.float32}
+    ids = torch.randint(3, 120, (2, 10))
+    with torch.no_grad():
+        expected = SteeredModel(tiny_chat_model("llama"), result.adapter)(input_ids=ids).logits
+    baked = AutoModelForCausalLM.from_pretrained(bake(tiny_chat_model("llama"), result.adapter, tmp_path / "baked"),
+                                                 dtype=torch.float32).eval()
+    with torch.no_grad():
+        got = baked(input_ids=ids).logits
+    assert (got - expected).abs().max() <= 1e-4
 
 
 def _layer(result, algorithm):
