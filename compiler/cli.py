@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from .common.names import EMBEDDED_NAME, SELECTION_PRECISIONS
+from .common.names import EMBEDDED_NAME, SELECTION_EXACT, SELECTION_PRECISIONS
 
 DEBUG_ENV = "MASTEER_DEBUG"
 EXIT_BAD_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -187,7 +187,7 @@ def _compile_options(func):
         click.option("--quiet", "-q", is_flag=True, callback=_quiet, help="No progress bars."),
         click.option("--no-cache", is_flag=True, help="Compute again what a compile stores for later ones: the "
                                                       "activation capture and the base model's evaluation results."),
-        click.option("--selection-precision", type=click.Choice(SELECTION_PRECISIONS), default="exact",
+        click.option("--selection-precision", type=click.Choice(SELECTION_PRECISIONS), default=SELECTION_EXACT,
                      show_default=True, help="What calibration and the program search score and generate with: "
                                              "exact = the model as loaded; bf16 = a bfloat16 copy (about 2.4x "
                                              "faster where the CPU/GPU has bfloat16 units; may choose another "

@@ -50,7 +50,9 @@ from .program.search import Candidate, ProgramContext, SearchRecord, applicabili
 from .program.applicability import score_adapter
 from .evaluation.gate_report import gate_reports, open_share, prompt_openings
 from .common.models import LoadedModel, load_model
+from .common.names import SELECTION_EXACT
 from .common.selection_model import selection_model
+from .capture.cache import BaseArmCache, stored_results_name, stored_results_root
 from .common.prefix_replay import first_steered_layer
 from .capture.prefill_sharing import sharing_prefill
 from .pipeline import (REPORT_NAME, SAMPLES_NAME, CompileOptions, _prepare, add_static, anchor_negatives,
@@ -115,7 +117,7 @@ class ProgramCompile:
     strength: float = float("nan")               # the recipe's (or --strength) strength the program started from
     candidates: list[LayerCandidate] = field(default_factory=list)  # every layer's numbers (single preset)
     val_base: dict[str, float] = field(default_factory=dict)        # base val rates by label (single preset)
-    selection_precision: str = "exact"           # what the choosing ran in (``common.selection_model``)
+    selection_precision: str = SELECTION_EXACT   # what the choosing ran in (``common.selection_model``)
 
     @property
     def chosen_layer(self) -> int:
@@ -374,7 +376,8 @@ def _compile_single(options: CompileOptions, preset: SingleStrategy, loaded: Loa
     # generation does: it is dominated by late completion tokens, while a refusal is decided in the first few).
     clock = time.perf_counter()
     val = {TARGET: samples.select(split="val", label=TARGET), NEUTRAL: samples.select(split="val", label=NEUTRAL)}
-    chooser, precision = selection_model(loaded, options.selection_precision) if len(layers) > 1 else (loaded, "exact")
+    chooser, precision = (selection_model(loaded, options.selection_precision) if len(layers) > 1
+                          else (loaded, SELECTION_EXACT))   # one layer: nothing to choose
     with sharing_prefill(chooser.model, layers):   # every val generation shares its prompt prefill below the layer
         def layer_rates(adapter: SteeringAdapter) -> tuple[float, float]:
             measured = val_rates(chooser, adapter, val, options)
@@ -629,7 +632,6 @@ def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: Compi
 
 def stored_base_results(model, log: Callable[[str], None] = print):
     """The evaluation's cache with the base arm's results stored beside the captures (``capture.cache.BaseArmCache``)."""
-    from .capture.cache import BaseArmCache, stored_results_name, stored_results_root
     cache = BaseArmCache(stored_results_root() / stored_results_name(model), log)
     if len(cache.stored):
         log(f"base results: reusing {len(cache.stored)} stored in {cache.stored.path}")

@@ -31,7 +31,7 @@ from .program.anchors import Gate, fit_gate
 from .samples.builders import build_samples, resolve_recipe
 from .evaluation import evaluate_refusal
 from .common.models import EMBEDDED_NAME, LoadedModel, check_model_resolvable, contiguous_head_input, load_model
-from .common.names import SELECTION_PRECISIONS
+from .common.names import SELECTION_EXACT, SELECTION_PRECISIONS
 from .capture.neutral_answers import ANCHOR_ONLY, decoy_completions, extra_neutral_items, neutral_answers
 from .samples.recipes import Recipe
 from .samples.sample_set import NEUTRAL, TARGET, Sample, SampleSet
@@ -66,7 +66,7 @@ class CompileOptions:
     # the model as loaded, "bf16" = a bfloat16 copy (2.4x faster selection on 2 AMX cores, but it chose another
     # program of the same quality on refusal: docs/benchmarks/compile.md), "auto" = bf16 where the device has
     # bfloat16 units, else exact; the evaluation always measures the model as loaded
-    selection_precision: str = "exact"
+    selection_precision: str = SELECTION_EXACT
 
     def __post_init__(self):
         """Every value a user types is checked here, where it is made, not minutes later in the stage that reads it."""
