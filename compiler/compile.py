@@ -63,7 +63,8 @@ from .samples.recipes import Recipe
 from .evaluation.prompt_decision import BASE_ROUTE
 from .samples.sample_set import NEUTRAL, TARGET, Sample, SampleSet, as_written, prompt_key
 from .strategies.scoring import HeldOutScorer
-from .strategies.library import DEFAULT_DRIFT_BUDGET, StrategyRow, library_table, strategy_adapter
+from .strategies.library import (DEFAULT_DRIFT_BUDGET, StrategyRow, calibration_pairs, library_table,
+                                 strategy_adapter)
 
 GATEABLE = "neuron"                      # proposals a gate can carry (directions added at the MLP output)
 # Library algorithms whose proposals are never gateable (weight orthogonalisation, norm-preserving rotation):
@@ -292,15 +293,21 @@ def compile_program(options: CompileOptions, preset: AdaptiveOptions | SingleStr
     chooser, precision = selection_model(loaded, options.selection_precision)   # scores and generates to choose
     log(f"selection precision: {precision}" + (" (a bfloat16 copy scores and generates to choose; the evaluation "
                                                 "measures the model as loaded)" if chooser is not loaded else ""))
-    with sharing_prefill(chooser.model, layers):   # every val generation shares its prompt prefill below the layer
+    model, tokenizer = chooser.model, chooser.tokenizer
+    with sharing_prefill(model, layers):   # every val generation shares its prompt prefill below the layer
         base = new_adapter(loaded, samples, recipe)
         val_pairs = (seqs.indices("positive", paired=True, split="val"), seqs.indices("negative", paired=True, split="val"))
+        val_items, val_ids = applicability_targets(val)
+        neutral_val = [s.prompt for s in val if s.label == NEUTRAL]
+        # the program search scores the val targets and neutral prompts too: one scorer, its base passes made once
+        val_scorer = HeldOutScorer(model, tokenizer, val_items, neutral_val, options.batch_size, replay_layers=layers)
         proposals: dict = {}
-        rows = library_table(chooser.model, chooser.tokenizer, base, seqs.fit_inputs(acts), val_pairs, val, layers,
+        rows = library_table(model, tokenizer, base, seqs.fit_inputs(acts), val_pairs, val, layers,
                              algorithms=program_algorithms(adaptive), keep_layers=adaptive.keep_layers,
                              budget=adaptive.budget,
                              batch_size=options.batch_size, progress=options.progress, log=log,
-                             strengths=COMPILE_STRENGTHS, proposals_out=proposals)
+                             strengths=COMPILE_STRENGTHS, proposals_out=proposals,
+                             scorer=val_scorer if val_items == calibration_pairs(val) else None)
         timings["library"] = time.perf_counter() - clock
         candidates = candidates_from(rows, proposals, recipe, strength)
         if not candidates:
@@ -308,18 +315,14 @@ def compile_program(options: CompileOptions, preset: AdaptiveOptions | SingleStr
 
         clock = time.perf_counter()
         train_items, train_ids = applicability_targets(samples.select(split="train"), limit=TRAIN_APPLICABILITY)
-        val_items, val_ids = applicability_targets(val)
-        neutral_val = [s.prompt for s in val if s.label == NEUTRAL]
         candidate_layers = sorted({c.proposal.layer for c in candidates})
-        model, tokenizer = chooser.model, chooser.tokenizer
         ctx = ProgramContext(acts=acts, sequences=seqs.samples, roles=seqs.roles, host_form=host_layout(model).form,
                              seed=seed, new_adapter=lambda: new_adapter(loaded, samples, recipe), model=model,
                              train_scorer=HeldOutScorer(model, tokenizer, train_items, [], options.batch_size,
                                                         replay_layers=candidate_layers),
                              train_ids=train_ids,
                              anchor_ids=[s.id for s in samples.select(split="train", label=TARGET)],
-                             val_scorer=HeldOutScorer(model, tokenizer, val_items, neutral_val,
-                                                      options.batch_size, replay_layers=candidate_layers),
+                             val_scorer=val_scorer,
                              val_ids=val_ids, budget=adaptive.budget,
                              start_score=behaviour_score(recipe, chooser, val, options),
                              catch_pool=catch_pool(rows, proposals, recipe, strength) if adaptive.catch else (),

@@ -31,9 +31,10 @@ from weakref import WeakKeyDictionary
 import torch
 from torch import nn
 
+from masteer.runtime import SteeredModel
 from masteer.runtime.hosts import decoder_layers
 
-from ..common.prefix_replay import PassThroughBlock, decoder_module
+from ..common.prefix_replay import PassThroughBlock, decoder_module, unhooked_prefix
 
 DEFAULT_MAX_BYTES = 2 * 2**30   # recorded hidden states and KV caches kept at most (then nothing new is recorded)
 _ACTIVE: "WeakKeyDictionary[nn.Module, PrefillStore]" = WeakKeyDictionary()
@@ -89,25 +90,27 @@ class PrefillStore:
         self.usable = bool(self.layers)
 
     @contextmanager
-    def around(self, key: str, prefix: int) -> Iterator[str]:
+    def around(self, key: str, prefix: int, forced: bool = False) -> Iterator[str]:
         """Wrap one ``generate`` call of batch ``key`` whose first ``prefix`` blocks are the base model's:
-        replay a recorded prefill if one serves, else record one if it can; yields what it did."""
+        replay a recorded prefill if one serves, else record one if it can; yields what it did. ``forced``: a
+        single teacher-forced pass (no KV cache), which records and replays the hidden states alone; its
+        records are kept apart from generations' (``forced_key``)."""
         record = self.records.get(key)
         if self.usable and record is not None and prefix in record.hidden and prefix <= record.valid_upto:
-            with self._replaying(record, prefix):
+            with self._replaying(record, prefix, with_cache=not forced):
                 yield "replayed"
             self.replayed += 1
             return
         keep = [layer for layer in self.layers if layer <= prefix]
         if (self.usable and keep and self.bytes < self.max_bytes
                 and (record is None or max(record.hidden, default=0) < max(keep))):
-            with self._recording(key, prefix, keep):
+            with self._recording(key, prefix, keep, with_cache=not forced):
                 yield "recorded"
             return
         yield "full"
 
     @contextmanager
-    def _recording(self, key: str, prefix: int, keep: list[int]) -> Iterator[None]:
+    def _recording(self, key: str, prefix: int, keep: list[int], with_cache: bool = True) -> Iterator[None]:
         blocks, decoder = decoder_layers(self.model), decoder_module(self.model)
         new = _Recorded(valid_upto=prefix)
         handles = []
@@ -127,6 +130,8 @@ class PrefillStore:
         def after_prefill(module, args, kwargs, output):
             for h in handles:
                 h.remove()
+            if not with_cache:
+                return
             cache = _cache_of(output)
             top = max(new.hidden, default=0)
             if cache is None or len(cache.layers) < top or not tensor_blocks[0]:
@@ -142,14 +147,16 @@ class PrefillStore:
         finally:
             for h in handles:
                 h.remove()
-        if self.usable and new.hidden and len(new.cache_layers) == max(new.hidden):
+        if not tensor_blocks[0]:
+            self.usable = False
+        if self.usable and new.hidden and (not with_cache or len(new.cache_layers) == max(new.hidden)):
             self.records[key] = new
             self.bytes += sum(h.numel() * h.element_size() for h in new.hidden.values())
             self.bytes += sum(_layer_bytes(layer) for layer in new.cache_layers)
             self.recorded += 1
 
     @contextmanager
-    def _replaying(self, record: _Recorded, start: int) -> Iterator[None]:
+    def _replaying(self, record: _Recorded, start: int, with_cache: bool = True) -> Iterator[None]:
         blocks, decoder = decoder_layers(self.model), decoder_module(self.model)
         originals = [blocks[i] for i in range(start)]
         hidden = record.hidden[start]
@@ -178,6 +185,8 @@ class PrefillStore:
 
         def after_prefill(module, args, kwargs, output):
             restore()
+            if not with_cache:
+                return
             cache = _cache_of(output)
             if cache is None or len(cache.layers) < start:   # the recording saw this cache form: it cannot change
                 raise RuntimeError("prefill sharing: the generation's KV cache has no room for the recorded layers")
@@ -195,6 +204,26 @@ class PrefillStore:
 def active_store(model: nn.Module) -> PrefillStore | None:
     """The store :func:`sharing_prefill` opened for this base model, if any."""
     return _ACTIVE.get(model)
+
+
+def forced_key(ids: torch.Tensor, mask: torch.Tensor) -> str:
+    """The identity of a teacher-forced batch, apart from a generation of the same rows (whose record needs
+    its KV cache)."""
+    return "forced:" + batch_key(ids, mask)
+
+
+@contextmanager
+def sharing_forced_pass(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> Iterator[str]:
+    """Around one teacher-forced pass of ``model`` (plain or steered) over ``ids``: inside
+    :func:`sharing_prefill`, the evaluation's steered arms share the blocks below their first steered layer
+    (MMLU, perplexity and KL passes of the second steered arm start there); elsewhere nothing happens."""
+    base = model.base_model if isinstance(model, SteeredModel) else model
+    store = active_store(base)
+    if store is None:
+        yield "full"
+        return
+    with store.around(forced_key(ids, mask), unhooked_prefix(base), forced=True) as what:
+        yield what
 
 
 @contextmanager

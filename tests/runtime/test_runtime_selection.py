@@ -18,7 +18,7 @@ from tiny_models import _empty_adapter, left_padded_batch, logits, position_ids,
 from masteer.runtime import SteeredModel, SteeringAdapter, bake
 from masteer.runtime.artifact import CONFIG_NAME, EXCLUSIVE, INDEPENDENT
 from masteer.runtime.errors import AdapterFormatError, LoweringError
-from masteer.runtime.hosts import GATED, mlp_module
+from masteer.runtime.hosts import GATED, decoder_layers, mlp_module
 
 LAYER = 1
 GROUPS = ("alpha", "beta", "gamma")
@@ -177,3 +177,37 @@ def test_unknown_selection_and_bad_opening_are_named(kind, tmp_path):
         adapter.add_neuron(0, "bad", gate=torch.zeros(48), direction=torch.eye(48)[0], strength=1.0,
                            opening=float("nan"), **({"up": torch.zeros(48)} if adapter.host_form == GATED
                                                     else {"bias": 0.0}))
+
+
+def test_openings_stop_the_pass_after_the_last_gated_layer(kind):
+    model = tiny_model(kind)
+    adapter = grouped_adapter(model)   # neurons at layers 0 and 1 of the tiny model's blocks
+    inputs = left_padded_batch()
+    layers = decoder_layers(model)
+    assert len(layers) > LAYER + 1
+    steered = SteeredModel(model, adapter)
+    try:
+        # what a full pass reads at LAYER: a pre-hook on its MLP while the steered model runs to the end
+        full = {}
+
+        def read(module, args):
+            full["z"] = steered.steering[str(LAYER)].activations(args[0]).float()
+        hook = mlp_module(model, LAYER).register_forward_pre_hook(read)
+        try:
+            model(**inputs)
+        finally:
+            hook.remove()
+        ran = []
+        above = [layers[i].register_forward_pre_hook(lambda m, a, i=i: ran.append(i))
+                 for i in range(LAYER + 1, len(layers))]
+        head = model.get_output_embeddings().register_forward_pre_hook(lambda m, a: ran.append("head"))
+        try:
+            z = steered.gate_activations(**inputs)[LAYER]
+        finally:
+            for h in above + [head]:
+                h.remove()
+        assert ran == []                 # nothing above the last gated layer ran
+        assert torch.equal(z, full["z"])   # and what was read is the full pass's
+        assert steered.openings(**inputs)["lone"].shape == inputs["input_ids"].shape
+    finally:
+        steered.detach()

@@ -100,3 +100,38 @@ def test_ablation_shares_nothing():
             steered.detach()
         assert _answers(model, adapter) == expected
         assert store.replayed == 0
+
+
+def _forced(model, adapter):
+    """Every teacher-forced measure the evaluation suites take, through a SteeredModel as the harness runs it."""
+    from masteer.compiler.evaluation.likelihood import last_token_logprobs
+    from masteer.compiler.strategies.scoring import completion_logprobs, next_token_logprobs
+    tok = byte_tokenizer()
+    steered = model if adapter is None else SteeredModel(model, adapter, check_fingerprint=False)
+    try:
+        return (torch.tensor(last_token_logprobs(steered, tok, PROMPTS, [[5, 9]] * len(PROMPTS), batch_size=4)),
+                completion_logprobs(steered, tok, [(p, " and so on") for p in PROMPTS], batch_size=4),
+                torch.cat(next_token_logprobs(steered, tok, PROMPTS, batch_size=4)))
+    finally:
+        if adapter is not None:
+            steered.detach()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3_text"])
+def test_teacher_forced_passes_of_two_arms_share_the_blocks_below_bit_for_bit(kind):
+    model = tiny_chat_model(kind).eval()
+    first = random_adapter(model, counts={2: 2}, strength=8.0)
+    second = random_adapter(model, seed=3, counts={2: 1}, strength=8.0)
+    expected = {name: _forced(model, a) for name, a in (("first", first), ("second", second))}
+    assert not torch.equal(expected["first"][2], expected["second"][2])   # the arms differ
+    answers = _answers(model, second)
+    with sharing_prefill(model, [2]) as store:
+        for got, want in zip(_forced(model, first), expected["first"]):   # records below block 2
+            assert torch.equal(got, want)
+        assert store.recorded == 6 and store.replayed == 0   # 2 batches of each measure
+        for got, want in zip(_forced(model, second), expected["second"]):   # replays from block 2
+            assert torch.equal(got, want)
+        assert store.replayed == 6
+        replayed = store.replayed
+        assert _answers(model, second) == answers   # a generation is never served by a teacher-forced record
+        assert store.replayed == replayed and store.usable

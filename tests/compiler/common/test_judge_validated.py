@@ -77,3 +77,23 @@ def test_real_encoder_separates_on_and_off_topic_answers():
 def test_bad_judge_input_is_named(call, message):
     with pytest.raises(MasteerError, match=message):
         call()
+
+
+def test_encoder_keeps_a_repeated_list_and_returns_the_same_bits():
+    from masteer.compiler.common.embeddings import RECENT_LISTS, SentenceEncoder
+    encoder = SentenceEncoder()
+    calls = []
+    plain = encoder._encode
+    encoder._encode = lambda texts, size: calls.append(list(texts)) or plain(texts, size)
+    first = encoder.encode(["How do I bake bread?", "Name a colour."])
+    again = encoder.encode(["How do I bake bread?", "Name a colour."])
+    assert torch.equal(first, again) and len(calls) == 1   # the second list was not encoded again
+    again[0] = 0.0                                             # a caller's edit does not reach the kept copy
+    assert torch.equal(encoder.encode(["How do I bake bread?", "Name a colour."]), first)
+    assert len(calls) == 1
+    encoder.encode(["Name a colour."])                         # another list (a sub-list) is encoded
+    assert len(calls) == 2
+    for i in range(RECENT_LISTS):                              # the oldest lists are dropped
+        encoder.encode([f"text {i}"])
+    encoder.encode(["How do I bake bread?", "Name a colour."])
+    assert len(calls) == 3 + RECENT_LISTS

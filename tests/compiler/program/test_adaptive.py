@@ -508,3 +508,35 @@ def test_prompt_openings_agree_with_the_gate_report(compiled):
         assert sum(v >= OPEN for v in values) / 12 == pytest.approx(reports[name].prompt_fpr)
     key = PROGRAM if len(last) > 1 else next(iter(last))
     assert open_share(last) == pytest.approx(reports[key].prompt_fpr)
+
+
+def test_base_anchors_are_fitted_once_per_layer_and_each_candidate_owns_its_copy(small_samples, monkeypatch):
+    """A base anchor depends on the layer and the training sets, not on the candidate: candidates at one layer
+    get equal gates (the same fit, made once), never one shared object (their stats differ)."""
+    from masteer.compiler import compile as compile_driver
+    captured = {}
+    real = compile_driver.build_program
+
+    def spy(ctx, candidates, **kwargs):
+        captured.update(ctx=ctx, candidates=candidates)
+        return real(ctx, candidates, **kwargs)
+    monkeypatch.setattr(compile_driver, "build_program", spy)
+    torch.set_num_threads(1)
+    loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny-llama")
+    options = CompileOptions(layers=(1,), samples_path=str(small_samples), progress=False, evaluate=False)
+    compile_program(options, AdaptiveOptions(algorithms=ALGORITHMS, keep_layers=1, budget=10.0),
+                    loaded=loaded, log=lambda _: None)
+    ctx, candidates = captured["ctx"], captured["candidates"]
+    assert len(candidates) >= 2 and {c.proposal.layer for c in candidates} == {1}
+    fits = []
+    plain_fit = search_module.fit_anchor
+    monkeypatch.setattr(search_module, "fit_anchor", lambda *a, **k: fits.append(a[1]) or plain_fit(*a, **k))
+    anchors = search_module.fit_anchors(ctx, candidates, progress=False)
+    specialised = sum("specialised" in anchors.fitted_on[c.name] for c in candidates)
+    assert len(fits) == 1 + specialised   # one base fit for the layer, then one per specialised anchor
+    gates = [anchors.base[c.name] for c in candidates]
+    assert len({id(g) for g in gates}) == len(gates)
+    fresh = plain_fit(ctx, 1, *anchors.fitted_on[candidates[0].name]["base"])
+    for gate in gates:
+        assert torch.equal(gate.probe, fresh.probe) and torch.equal(gate.constant, fresh.constant)
+        assert (gate.threshold, gate.unit) == (fresh.threshold, fresh.unit)
