@@ -25,7 +25,7 @@ import torch
 from ..capture.activations import encode_completion, encode_prompt, position_ids
 from ..capture.prefill_sharing import sharing_forced_pass
 from ..common.batching import left_pad
-from ..strategies.scoring import completion_logprobs, forward_takes, mean_kl
+from ..strategies.scoring import batch_order, completion_logprobs, forward_takes, mean_kl
 
 OPTION_TOKENS = 32   # an option longer than this is scored on its first 32 tokens
 
@@ -59,11 +59,9 @@ def last_token_logprobs(model, tokenizer, prompts: Sequence[str], token_ids: Seq
     """Log-probability of each of ``token_ids[i]`` as the first answer token to ``prompts[i]``."""
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))   # see by_length
     keeps_last = forward_takes(model, "logits_to_keep")
     out: list[list[float]] = [[] for _ in prompts]
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+    for rows in batch_order([len(e) for e in encoded], batch_size, by_length=True):   # see by_length
         ids, mask = left_pad([encoded[i] for i in rows], tokenizer.pad_token_id)
         # only the last position's logits: the vocabulary projection of every position of a long MMLU prompt was
         # a fifth of the pass (the same numbers bit for bit on SmolLM2, whose rows do not depend on the others)
