@@ -49,10 +49,11 @@ from .strategies.algorithms import available
 from .program.search import Candidate, ProgramContext, SearchRecord, applicability_targets, build_program
 from .program.applicability import score_adapter
 from .evaluation.gate_report import gate_reports, open_share, prompt_openings
+from .common.batching import generation_batch
 from .common.models import LoadedModel, load_model
 from .common.names import SELECTION_EXACT
 from .common.selection_model import selection_model
-from .capture.cache import BaseArmCache, stored_results_name, stored_results_root
+from .capture.cache import BaseArmCache, arm_key, stored_results_name, stored_results_root
 from .common.prefix_replay import first_steered_layer
 from .capture.prefill_sharing import sharing_prefill
 from .pipeline import (REPORT_NAME, SAMPLES_NAME, CompileOptions, _prepare, add_static, anchor_negatives,
@@ -497,16 +498,19 @@ def teacher_forced_table(loaded: LoadedModel, samples: SampleSet, arms: dict, ba
         return {}
     scorer = HeldOutScorer(loaded.model, loaded.tokenizer, items, neutral, batch_size,
                            replay_layers=arm_layers(arms.values()))
-    table = {}
+    table, by_content = {}, {}
     for arm, adapter in arms.items():
         if not (adapter is None or isinstance(adapter, SteeringAdapter)):
             continue   # a routed arm has no single forward pass to score
         if adapter is None:
             table[arm] = {"effect": 0.0, "kl": 0.0}
             continue
-        effect, kl = score_adapter(loaded.model, scorer, adapter)
-        table[arm] = {"effect": round(float(effect.mean()), 4), "kl": round(kl, 5), "targets": len(items),
-                      "neutral_prompts": len(neutral)}
+        key = arm_key(adapter)   # the first strategy alone is the program itself when it kept one: scored once
+        if key not in by_content:
+            effect, kl = score_adapter(loaded.model, scorer, adapter)
+            by_content[key] = {"effect": round(float(effect.mean()), 4), "kl": round(kl, 5), "targets": len(items),
+                               "neutral_prompts": len(neutral)}
+        table[arm] = dict(by_content[key])
     return table
 
 
@@ -540,8 +544,8 @@ def static_frontier(result: ProgramCompile, loaded: LoadedModel, groups: dict[st
     arms[ADAPTIVE_ARM] = result.adapter
     written = {g: as_written(members) for g, members in groups.items()}
     refusal = evaluate_refusal(loaded.model, loaded.tokenizer, arms, {g: m for g, m in written.items() if m},
-                               directions, max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
-                               progress=options.progress, cache=cache)
+                               directions, max_new_tokens=max_new_tokens,
+                               batch_size=generation_batch(options.batch_size), progress=options.progress, cache=cache)
     neutral = [s.prompt for s in result.samples.select(split="test", label=NEUTRAL)]
     drift = HeldOutScorer(loaded.model, loaded.tokenizer, [], neutral, options.batch_size,
                           replay_layers=arm_layers(arms.values())) if neutral else None
@@ -601,7 +605,7 @@ def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: Compi
                 arms[PER_PROMPT_ARM] = decided_per_prompt(loaded.model, loaded.tokenizer, result.program, result.adapter,
                                                           test_prompts, options.batch_size)
             refusal = evaluate_refusal(loaded.model, loaded.tokenizer, arms, groups, recipe.evaluation.groups,
-                                       max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
+                                       max_new_tokens=max_new_tokens, batch_size=generation_batch(options.batch_size),
                                        progress=options.progress, cache=cache)
             if detail:
                 open_at_end = {p: key != BASE_ROUTE for p, key in arms[PER_PROMPT_ARM].route.items()}
@@ -621,7 +625,8 @@ def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: Compi
                 neutrals = [s.prompt for s in as_written(samples.select(split="test", label=NEUTRAL))]
                 gates = [r.to_dict() for r in gate_reports(loaded.model, loaded.tokenizer, result.adapter, targets,
                                                            neutrals, max_new_tokens=max_new_tokens,
-                                                           batch_size=2 * options.batch_size, progress=options.progress)]
+                                                           batch_size=generation_batch(options.batch_size),
+                                                           progress=options.progress)]
         report = None
         if suites:
             with timed(timings, "suites"):
@@ -645,19 +650,21 @@ def answer_fluency(loaded: LoadedModel, refusal, groups: dict[str, list[Sample]]
                    ) -> dict[str, dict[str, dict]]:
     """Base-model fluency of each arm's test answers, targets and neutral prompts apart, with the recipe's
     written refusals after the target prompts as the reference for a fluent refusal."""
-    from .evaluation.fluency import fluency
-    out: dict[str, dict[str, dict]] = {}
+    from .evaluation.fluency import fluency_by_arm
+    pairs: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for label in (TARGET, NEUTRAL):
         chosen = [s for g in groups.values() for s in g if s.label == label]
         if not chosen:
             continue
         arms = refusal.arms if label == TARGET else [a for a in refusal.arms if a in (BASE_ARM, ADAPTIVE_ARM)]
-        out[label] = {arm: fluency(loaded.model, loaded.tokenizer, [(s.prompt, refusal.responses[arm][s.prompt])
-                                                                    for s in chosen], batch_size)
-                      for arm in arms}
+        pairs.update({(label, arm): [(s.prompt, refusal.responses[arm][s.prompt]) for s in chosen] for arm in arms})
         written = [(s.prompt, s.positive) for s in chosen if s.positive]
         if label == TARGET and written:
-            out[label][WRITTEN_ARM] = fluency(loaded.model, loaded.tokenizer, written, batch_size)
+            pairs[(label, WRITTEN_ARM)] = written
+    scored = fluency_by_arm(loaded.model, loaded.tokenizer, pairs, batch_size)   # each distinct answer scored once
+    out: dict[str, dict[str, dict]] = {}
+    for (label, arm), value in scored.items():
+        out.setdefault(label, {})[arm] = value
     return out
 
 
@@ -794,7 +801,7 @@ def evaluate_added(added: AddedIssue, loaded: LoadedModel, options: CompileOptio
         groups = {g: [s for s in samples.select(split="test") if (s.group or s.label) == g] for g in directions}
         max_new_tokens = options.max_new_tokens or added.compiled.recipe.evaluation.max_new_tokens
         refusal = evaluate_refusal(loaded.model, loaded.tokenizer, arms, groups, directions,
-                                   max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size,
+                                   max_new_tokens=max_new_tokens, batch_size=generation_batch(options.batch_size),
                                    progress=options.progress, cache=cache)
         forced = teacher_forced_table(loaded, samples, arms, options.batch_size, options.progress)
         out[name] = {"refusal": refusal, "teacher_forced": forced}

@@ -42,6 +42,7 @@ from .samples.builders import resolve_recipe
 from .evaluation import ResultCache, evaluate_refusal
 from .evaluation.shift import shift_samples
 from .evaluation.gate_report import OPEN, program_opening, prompt_openings
+from .common.batching import generation_batch
 from .common.models import EMBEDDED_NAME, LoadedModel, load_model
 from .pipeline import CompileOptions, anchor_negatives, capture_activations, fit_sequences, new_adapter
 from .program.steering_program import Program, lower
@@ -205,8 +206,8 @@ def leave_one_family_out(adapter_dir: str | Path, model: str = EMBEDDED_NAME, fa
         groups = {"target": [s for s in items if s.label == TARGET], "neutral": [s for s in items if s.label == NEUTRAL]}
         arms = {"base": None, "static": fitted["static"], "adaptive": fitted["adapter"], "shipped": shipped}
         result = evaluate_refusal(loaded.model, loaded.tokenizer, arms, groups, directions,
-                                  max_new_tokens=max_new_tokens, batch_size=2 * batch_size, progress=progress,
-                                  cache=cache)
+                                  max_new_tokens=max_new_tokens, batch_size=generation_batch(batch_size),
+                                  progress=progress, cache=cache)
         opened = program_opening(prompt_openings(loaded.model, loaded.tokenizer, fitted["adapter"],
                                                  [s.prompt for s in items], batch_size))
         is_open = torch.tensor([v >= OPEN for v in opened])

@@ -30,6 +30,7 @@ from .strategies.algorithms import FitInputs, Proposal, available, get_algorithm
 from .program.anchors import Gate, fit_gate
 from .samples.builders import build_samples, resolve_recipe
 from .evaluation import evaluate_refusal
+from .common.batching import generation_batch
 from .common.models import EMBEDDED_NAME, LoadedModel, check_model_resolvable, contiguous_head_input, load_model
 from .common.names import SELECTION_EXACT, SELECTION_PRECISIONS
 from .capture.neutral_answers import ANCHOR_ONLY, decoy_completions, extra_neutral_items, neutral_answers
@@ -206,7 +207,7 @@ def val_rates(loaded: LoadedModel, adapter: SteeringAdapter | None, val: dict[st
               options: CompileOptions) -> dict[str, float]:
     """Judged refusal rates of short greedy answers to the val prompts, by label."""
     evaluation = evaluate_refusal(loaded.model, loaded.tokenizer, {"arm": adapter}, val, {},
-                                  max_new_tokens=SELECTION_TOKENS, batch_size=2 * options.batch_size,
+                                  max_new_tokens=SELECTION_TOKENS, batch_size=generation_batch(options.batch_size),
                                   progress=options.progress)
     return {g.group: g.rates["arm"] for g in evaluation.groups}
 

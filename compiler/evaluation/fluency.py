@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from statistics import median
-from typing import Sequence
+from typing import Hashable, Mapping, Sequence
 
 from ..strategies.scoring import completion_logprobs
 
@@ -31,10 +31,27 @@ def fluency(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int 
             max_tokens: int = FLUENCY_TOKENS) -> dict:
     """Median base-model perplexity of each answer given its prompt, mean repetition, and n, over ``pairs``
     of (prompt, answer); empty answers are left out (and counted)."""
-    kept = [(p, a) for p, a in pairs if a.strip()]
-    if not kept:
-        return {"n": 0, "empty": len(pairs), "perplexity": None, "repetition": None}
-    logprobs = completion_logprobs(model, tokenizer, kept, max_tokens=max_tokens, batch_size=batch_size)
-    return {"n": len(kept), "empty": len(pairs) - len(kept),
-            "perplexity": round(median(math.exp(-float(lp)) for lp in logprobs), 3),
-            "repetition": round(sum(repetition(a) for _, a in kept) / len(kept), 4)}
+    return fluency_by_arm(model, tokenizer, {"": pairs}, batch_size, max_tokens)[""]
+
+
+def fluency_by_arm(model, tokenizer, pairs: Mapping[Hashable, Sequence[tuple[str, str]]], batch_size: int = 16,
+                   max_tokens: int = FLUENCY_TOKENS) -> dict[Hashable, dict]:
+    """:func:`fluency` of each arm's (prompt, answer) pairs, every distinct pair scored once, rows of similar
+    length batched together: arms share most answers (a gated arm answers as the base model wherever its gates
+    stay shut, and the first strategy alone is the program itself when it kept one), and scoring each arm's
+    pairs apart in prompt order had made this diagnostic a sixth of an end-to-end compile's time."""
+    kept = {arm: [(p, a) for p, a in arm_pairs if a.strip()] for arm, arm_pairs in pairs.items()}
+    distinct = list(dict.fromkeys(pair for arm_pairs in kept.values() for pair in arm_pairs))
+    scored = (completion_logprobs(model, tokenizer, distinct, max_tokens=max_tokens, batch_size=batch_size,
+                                  by_length=True) if distinct else [])
+    perplexity = {pair: math.exp(-float(lp)) for pair, lp in zip(distinct, scored)}
+    out = {}
+    for arm, arm_pairs in kept.items():
+        empty = len(pairs[arm]) - len(arm_pairs)
+        if not arm_pairs:
+            out[arm] = {"n": 0, "empty": empty, "perplexity": None, "repetition": None}
+            continue
+        out[arm] = {"n": len(arm_pairs), "empty": empty,
+                    "perplexity": round(median(perplexity[pair] for pair in arm_pairs), 3),
+                    "repetition": round(sum(repetition(a) for _, a in arm_pairs) / len(arm_pairs), 4)}
+    return out

@@ -139,3 +139,24 @@ def test_the_compile_measures_the_per_prompt_arm_and_the_static_frontier_on_test
     assert table.count("| static |") == len(static_rows) and f"**{ADAPTIVE_ARM}**" in table
     assert "every strength the matching tried" in summary_markdown(result, evaluation)
     assert "static_frontier" in evaluation.to_dict()
+
+
+def test_arms_of_the_same_content_are_scored_once_in_the_teacher_forced_table(compiled, monkeypatch):
+    import copy
+    from masteer.compiler import compile as compile_driver
+    loaded, result = compiled
+    calls = []
+    real = compile_driver.score_adapter
+
+    def spy(model, scorer, adapter):
+        calls.append(adapter)
+        return real(model, scorer, adapter)
+
+    monkeypatch.setattr(compile_driver, "score_adapter", spy)
+    arms = {"base": None, "adaptive": result.adapter, "twin": copy.deepcopy(result.adapter)}
+    table = compile_driver.teacher_forced_table(loaded, result.samples, arms, batch_size=7, progress=False)
+    assert len(calls) == 1 and table["twin"] == table["adaptive"] and table["twin"] is not table["adaptive"]
+    other = copy.deepcopy(result.adapter)
+    other.strategies[0].strength *= 2
+    table = compile_driver.teacher_forced_table(loaded, result.samples, {**arms, "stronger": other}, 7, False)
+    assert len(calls) == 3 and table["stronger"]["effect"] != table["adaptive"]["effect"]
