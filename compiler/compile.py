@@ -631,6 +631,7 @@ def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: Compi
         if suites:
             with timed(timings, "suites"):
                 chosen = {k: v for k, v in arms.items() if k in (BASE_ARM, STATIC_ARM, ADAPTIVE_ARM)}
+                # the suites' one batch size also batches MMLU scoring: kept, so their numbers round as before
                 report = evaluate_compile(loaded.model, loaded.tokenizer, samples, recipe.evaluation.groups, chosen,
                                           max_new_tokens=max_new_tokens, batch_size=2 * options.batch_size, cache=cache,
                                           seed=result.seed, progress=options.progress, log=log)

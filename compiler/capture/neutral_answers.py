@@ -51,6 +51,7 @@ def neutral_answers(model, tokenizer, samples: Sequence[Sample], batch_size: int
     if not prompts:
         return {}
     cache = ResultCache(Path(cache_dir) / ANSWER_CACHE if cache_dir is not None else None)
+    # not ``batching.generation_batch``: these answers are fitted on, so their batches stay as stored captures had them
     answers = cached_generate(model, tokenizer, prompts, cache, model_key(model), "base", ANSWER_TOKENS,
                               2 * batch_size, progress=progress, desc="neutral answers (anchor negatives)")
     log(f"neutral answers: {len(prompts)} prompts ({cache.hits} from the cache)")
