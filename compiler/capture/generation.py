@@ -12,7 +12,7 @@ from masteer.runtime import SteeredModel
 
 from .activations import encode_prompt
 from .prefill_sharing import active_store, batch_key
-from ..common.batching import left_pad
+from .shared_prefix import batch_inputs
 from ..common.prefix_replay import unhooked_prefix
 
 
@@ -29,9 +29,12 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
     prefix = unhooked_prefix(base) if store is not None else 0
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
         batch = order[start:start + batch_size]
-        ids, mask = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id)
+        # the rows' common prefix (chat header, system prompt) prefilled once (``shared_prefix``), outside the
+        # prefill store's recording: the store sees the rows' own tokens, the same way for every arm
+        inputs = batch_inputs(model, [encoded[i] for i in batch], tokenizer.pad_token_id, max_new_tokens)
+        ids, mask = inputs.ids, inputs.mask
         with store.around(batch_key(ids, mask), prefix) if store is not None else nullcontext():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **inputs.cache_kwargs,
                                  max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         for row, i in enumerate(batch):
             outputs[i] = tokenizer.decode(out[row, ids.shape[1]:], skip_special_tokens=True)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from masteer.runtime import SteeredModel, SteeringAdapter
 
 from ..capture.activations import encode_prompt, position_ids
+from ..capture.shared_prefix import batch_inputs
 from ..common.batching import left_pad
 
 OPEN = 0.5
@@ -59,9 +60,10 @@ def _openings(steered: SteeredModel, tokenizer, prompts: Sequence[str], max_new_
     device = next(steered.parameters()).device
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
         rows = encoded[start:start + batch_size]
-        ids, mask = left_pad(rows, tokenizer.pad_token_id)
-        out = steered.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                               do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        inputs = batch_inputs(steered, rows, tokenizer.pad_token_id, max_new_tokens)   # chat header prefilled once
+        ids, mask = inputs.ids, inputs.mask
+        out = steered.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **inputs.cache_kwargs,
+                               max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         width = ids.shape[1]
         answered = (out[:, width:] != tokenizer.pad_token_id).cpu()   # a finished answer is padded after its end
         full_mask = torch.cat([mask, answered.to(mask.dtype)], 1)

@@ -25,7 +25,8 @@ import torch
 from ..capture.activations import encode_completion, encode_prompt, position_ids
 from ..capture.prefill_sharing import sharing_forced_pass
 from ..common.batching import left_pad
-from ..strategies.scoring import batch_order, completion_logprobs, forward_takes, mean_kl
+from ..common.forward_arguments import forward_takes
+from ..strategies.scoring import batch_order, completion_logprobs, mean_kl
 
 OPTION_TOKENS = 32   # an option longer than this is scored on its first 32 tokens
 

@@ -16,16 +16,14 @@ per prompt. Calibrating many (algorithm, layer, strength) candidates needs smoot
 from __future__ import annotations
 
 import contextlib
-import inspect
 from typing import Callable, Iterator, Sequence
 
 import torch
 
-from masteer.runtime import SteeredModel
-
 from ..capture.activations import encode_completion, encode_prompt, position_ids
 from ..capture.prefill_sharing import sharing_forced_pass
 from ..common.batching import left_pad
+from ..common.forward_arguments import forward_takes
 from ..common.prefix_replay import PrefixReplay
 
 EFFECT_TOKENS = 8
@@ -81,19 +79,6 @@ def completion_logprobs(model, tokenizer, items: Sequence[tuple[str, str]], max_
         for row, i in enumerate(batch):
             out[i] = logp[row, -len(encoded[i][1]):].mean()
     return out
-
-
-def forward_takes(model, argument: str) -> bool:
-    """Whether the model's forward takes ``argument`` (transformers causal LMs take ``logits_to_keep`` and
-    ``use_cache``; a wrapper may not). A ``SteeredModel`` passes every argument to its base model, so the base
-    model's forward decides (it had answered no: the steered arms of the evaluation projected every position
-    onto the vocabulary, the base arm only the last ones)."""
-    if isinstance(model, SteeredModel):
-        model = model.base_model
-    try:
-        return argument in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def preference(model, tokenizer, prompts: Sequence[str], positives: Sequence[str], negatives: Sequence[str],

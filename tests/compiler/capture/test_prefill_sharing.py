@@ -57,16 +57,19 @@ def test_blocks_below_the_start_do_not_run_when_replayed():
     plain_forward = blocks[0].forward
 
     def counting_forward(hidden_states, *args, **kwargs):   # not a hook: a hook would count as steering
-        lengths.append(hidden_states.shape[1])
+        lengths.append(tuple(hidden_states.shape[:2]))
         return plain_forward(hidden_states, *args, **kwargs)
     blocks[0].forward = counting_forward
     with sharing_prefill(model, [2]) as store:
         _answers(model, None)                   # records from the plain model
-        assert max(lengths) > 1                 # its prefills ran block 0
+        assert any(rows > 1 and n > 1 for rows, n in lengths)   # its prefills ran block 0
         lengths.clear()
         _answers(model, adapter)
         assert store.replayed == 2
-        assert lengths and set(lengths) == {1}  # block 0 ran for the new tokens only, never for a prompt
+        # block 0 ran for the new tokens, and for the prompts' shared chat header once per batch
+        # (``shared_prefix``: a one-row pass), never for the rows' prompts
+        assert {n for rows, n in lengths if rows > 1} == {1}
+        assert [n for rows, n in lengths if rows == 1 and n > 1] == [6, 6]   # "<|im_start|>user\n", 2 batches
     assert list(decoder_layers(model)) == before
 
 
