@@ -34,17 +34,11 @@ from torch import nn
 from masteer.runtime import SteeredModel
 from masteer.runtime.hosts import decoder_layers
 
+from ..common.forward_arguments import output_cache
 from ..common.prefix_replay import PassThroughBlock, decoder_module, unhooked_prefix
 
 DEFAULT_MAX_BYTES = 2 * 2**30   # recorded hidden states and KV caches kept at most (then nothing new is recorded)
 _ACTIVE: "WeakKeyDictionary[nn.Module, PrefillStore]" = WeakKeyDictionary()
-
-
-def _cache_of(output) -> object | None:
-    cache = getattr(output, "cache", None)
-    if cache is None:
-        cache = getattr(output, "past_key_values", None)
-    return cache if hasattr(cache, "layers") else None
 
 
 def _copy_layer(layer):
@@ -132,7 +126,7 @@ class PrefillStore:
                 h.remove()
             if not with_cache:
                 return
-            cache = _cache_of(output)
+            cache = output_cache(output)
             top = max(new.hidden, default=0)
             if cache is None or len(cache.layers) < top or not tensor_blocks[0]:
                 self.usable = False   # a cache or block form this module does not know: generate in full from now on
@@ -187,7 +181,7 @@ class PrefillStore:
             restore()
             if not with_cache:
                 return
-            cache = _cache_of(output)
+            cache = output_cache(output)
             if cache is None or len(cache.layers) < start:   # the recording saw this cache form: it cannot change
                 raise RuntimeError("prefill sharing: the generation's KV cache has no room for the recorded layers")
             for i in range(start):

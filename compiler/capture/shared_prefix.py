@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 
 from ..common.batching import left_pad
-from ..common.forward_arguments import cache_argument, forward_takes
+from ..common.forward_arguments import cache_argument, forward_takes, output_cache
 
 MIN_SHARED = 4   # tokens: below this the one-row pass costs about what it saves
 
@@ -71,17 +71,14 @@ def batch_inputs(model, rows: Sequence[list[int]], pad_id: int, max_new_tokens: 
     width = max(len(r) for r in rows)
     window = _sliding_window(model)
     if shared < MIN_SHARED or len(rows) < 2 or (window is not None and width + max_new_tokens > window):
-        ids, mask = left_pad(rows, pad_id)
-        return BatchInputs(ids, mask, {})
+        return BatchInputs(*left_pad(rows, pad_id), {})
     device = next(model.parameters()).device
     prefix = torch.tensor([list(rows[0][:shared])], dtype=torch.long)
     output = model(input_ids=prefix.to(device), attention_mask=torch.ones_like(prefix).to(device), use_cache=True,
                    **({"logits_to_keep": 1} if forward_takes(model, "logits_to_keep") else {}))
-    cache = getattr(output, "cache", None)
-    cache = getattr(output, "past_key_values", None) if cache is None else cache
-    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
-        ids, mask = left_pad(rows, pad_id)
-        return BatchInputs(ids, mask, {})
+    cache = output_cache(output)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):   # a cache form not known here
+        return BatchInputs(*left_pad(rows, pad_id), {})
     cache.batch_repeat_interleave(len(rows))
     tails, tail_mask = left_pad([list(r[shared:]) for r in rows], pad_id)
     ids = torch.cat([prefix.expand(len(rows), -1), tails], dim=1)

@@ -24,3 +24,12 @@ def cache_argument(model) -> str:
     """The keyword a forward (and ``generate``) takes a KV cache by: ``cache`` in recent transformers, where
     ``past_key_values`` is deprecated, ``past_key_values`` before."""
     return "cache" if forward_takes(model, "cache") else "past_key_values"
+
+
+def output_cache(output) -> object | None:
+    """The KV cache a forward returned (``cache`` in recent transformers, ``past_key_values`` before), if it is
+    one with per-layer entries (``cache.layers``), the form the prefill store and the shared prefix handle."""
+    cache = getattr(output, "cache", None)
+    if cache is None:
+        cache = getattr(output, "past_key_values", None)
+    return cache if hasattr(cache, "layers") else None
