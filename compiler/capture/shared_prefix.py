@@ -1,4 +1,4 @@
-"""Prefill a generation batch's common prompt prefix once, not once per row.
+"""Run the prompt prefix every row shares once, not once per row: in greedy generation and in scoring passes.
 
 Chat prompts start with the same tokens: the template's header and, for many instruct models, a default
 system prompt. SmolLM2-Instruct's is 24 tokens ("<|im_start|>system\\nYou are a helpful AI assistant named
@@ -15,16 +15,24 @@ same answers to the token (88.0 -> 71.4 s on 2 cores; ``tests/compiler/capture/t
 token equality on tiny float64 hosts). Left alone, and generated as before: batches whose rows share fewer than
 ``MIN_SHARED`` tokens, models with a sliding attention window shorter than the batch (padding inside the
 window would crowd real tokens out of it), and caches that cannot be repeated over a batch.
+
+Teacher-forced scoring (``strategies.scoring``: the selection's effects and drift, the fluency of answers) does the
+same with :class:`PrefixPass`: one one-row pass of the prefix per scoring (under the steering being scored), and
+each batch's rows run only their own tokens after a repeated copy of its cache. On the refusal recipe's val scorer
+(77 targets, 64 neutral prompts, 24 of ~61 tokens per row shared) two steered scorings took 30.0 -> 19.3 s and the
+base passes 23.4 -> 15.8 s; effects moved by at most 1e-5 (float32 rounding), drift by 3e-7 relative.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from ..common.batching import left_pad
+from .activations import position_ids
 from ..common.forward_arguments import cache_argument, forward_takes, output_cache
 
 MIN_SHARED = 4   # tokens: below this the one-row pass costs about what it saves
@@ -64,24 +72,81 @@ def _sliding_window(model) -> int | None:
     return int(window)
 
 
+def fits_window(model, width: int) -> bool:
+    """Whether rows ``width`` tokens wide (prefix, padding and row) fit the model's sliding attention window, if it
+    has one: padding inside the window would crowd real tokens out of it."""
+    window = _sliding_window(model)
+    return window is None or width <= window
+
+
+@dataclass
+class PrefixPass:
+    """A token prefix run once as a one-row pass under the model's steering at that moment: its KV cache (kept
+    one row wide; :meth:`inputs` hands each batch a repeated copy) and, when asked for, its next-token
+    log-probabilities at every prefix position."""
+    tokens: list[int]
+    cache: object
+    logprobs: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+    def repeated(self, rows: int):
+        """A copy of the cache repeated over ``rows`` rows; the one-row cache is left as it is (a pass appends
+        its rows' keys and values to the copy it is given)."""
+        out = copy.copy(self.cache)
+        out.layers = [copy.copy(layer) for layer in self.cache.layers]
+        out.batch_repeat_interleave(rows)
+        return out
+
+    def inputs(self, model, tails: Sequence[list[int]], pad_id: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """A teacher-forced pass's inputs for rows that are this prefix followed by ``tails``: the tails left
+        padded, the attention mask over prefix, padding and tail, the tails' positions (those of plain left
+        padding) and the repeated cache under the model's keyword for it."""
+        ids, tail_mask = left_pad(tails, pad_id)
+        mask = torch.cat([torch.ones(len(tails), self.length, dtype=tail_mask.dtype), tail_mask], dim=1)
+        positions = position_ids(mask)[:, self.length:]
+        return ids, mask, positions, {cache_argument(model): self.repeated(len(tails))}
+
+
+@torch.no_grad()
+def run_prefix(model, tokens: Sequence[int], logprobs: bool = False) -> PrefixPass | None:
+    """The one-row pass over ``tokens``; None when its cache is not a form this module knows how to repeat."""
+    device = next(model.parameters()).device
+    prefix = torch.tensor([list(tokens)], dtype=torch.long)
+    keep = {} if logprobs or not forward_takes(model, "logits_to_keep") else {"logits_to_keep": 1}
+    output = model(input_ids=prefix.to(device), attention_mask=torch.ones_like(prefix).to(device), use_cache=True,
+                   **keep)
+    cache = output_cache(output)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    scores = torch.log_softmax(output.logits[0].float(), -1) if logprobs else None
+    return PrefixPass(list(tokens), cache, scores)
+
+
+def shared_tokens(model, prompts: Sequence[Sequence[int]], extra: int) -> list[int]:
+    """The tokens all of ``prompts`` start with, where a pass of their own pays and is safe: at least
+    ``MIN_SHARED`` of them, two prompts or more, and rows that fit the attention window with ``extra`` tokens
+    after the longest prompt (answers generated or completions scored)."""
+    if len(prompts) < 2:
+        return []
+    shared = common_prefix_length(prompts)
+    if shared < MIN_SHARED or not fits_window(model, max(len(p) for p in prompts) + extra):
+        return []
+    return list(prompts[0][:shared])
+
+
 @torch.no_grad()
 def batch_inputs(model, rows: Sequence[list[int]], pad_id: int, max_new_tokens: int) -> BatchInputs:
     """The batch's inputs for ``generate``, with the common prefix prefilled once where that is safe."""
-    shared = common_prefix_length(rows)
-    width = max(len(r) for r in rows)
-    window = _sliding_window(model)
-    if shared < MIN_SHARED or len(rows) < 2 or (window is not None and width + max_new_tokens > window):
+    tokens = shared_tokens(model, rows, max_new_tokens)
+    prefix = run_prefix(model, tokens) if tokens else None
+    if prefix is None:
         return BatchInputs(*left_pad(rows, pad_id), {})
-    device = next(model.parameters()).device
-    prefix = torch.tensor([list(rows[0][:shared])], dtype=torch.long)
-    output = model(input_ids=prefix.to(device), attention_mask=torch.ones_like(prefix).to(device), use_cache=True,
-                   **({"logits_to_keep": 1} if forward_takes(model, "logits_to_keep") else {}))
-    cache = output_cache(output)
-    if cache is None or not hasattr(cache, "batch_repeat_interleave"):   # a cache form not known here
-        return BatchInputs(*left_pad(rows, pad_id), {})
-    cache.batch_repeat_interleave(len(rows))
+    shared = prefix.length
     tails, tail_mask = left_pad([list(r[shared:]) for r in rows], pad_id)
-    ids = torch.cat([prefix.expand(len(rows), -1), tails], dim=1)
+    ids = torch.cat([torch.tensor([prefix.tokens]).expand(len(rows), -1), tails], dim=1)
     mask = torch.cat([torch.ones(len(rows), shared, dtype=tail_mask.dtype), tail_mask], dim=1)
-    return BatchInputs(ids, mask, {cache_argument(model): cache})
-
+    return BatchInputs(ids, mask, {cache_argument(model): prefix.repeated(len(rows))})

@@ -22,6 +22,7 @@ import torch
 
 from ..capture.activations import encode_completion, encode_prompt, position_ids
 from ..capture.prefill_sharing import sharing_forced_pass
+from ..capture.shared_prefix import PrefixPass, run_prefix, shared_tokens
 from ..common.batching import left_pad
 from ..common.forward_arguments import forward_takes
 from ..common.prefix_replay import PrefixReplay
@@ -32,17 +33,29 @@ EFFECT_TOKENS = 8
 RECORD = "record"   # ``start`` of a pass that records the base hidden states for later replays
 
 
-def _forward(model, ids: torch.Tensor, mask: torch.Tensor, replay: PrefixReplay | None, key, start, **extra):
-    """One scoring pass (no KV cache: nothing is generated), recording or replaying the base prefix when asked
-    (``common.prefix_replay``): ``start`` is ``RECORD`` for the base pass, else the adapter's first layer."""
+def _forward(model, rows: Sequence[list[int]], pad_id: int, replay: PrefixReplay | None, key, start,
+             prefix: PrefixPass | None = None, **extra) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One scoring pass over token rows, recording or replaying the base prefix when asked
+    (``common.prefix_replay``): ``start`` is ``RECORD`` for the base pass, else the adapter's first layer. With a
+    ``prefix`` (``capture.shared_prefix``: every row starts with its tokens) only the rows' own tokens run, after
+    the prefix's KV cache. Returns (logits, the token ids that ran, their attention mask)."""
     device = next(model.parameters()).device
-    kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids(mask).to(device),
-                  **extra, **({"use_cache": False} if forward_takes(model, "use_cache") else {}))
+    if prefix is None:
+        ids, mask = left_pad(rows, pad_id)
+        positions, cache = position_ids(mask), {}
+        ran = mask
+    else:
+        if any(list(row[:prefix.length]) != prefix.tokens for row in rows):
+            raise ValueError("a scored row does not start with the shared prefix it is scored after")
+        ids, mask, positions, cache = prefix.inputs(model, [list(row[prefix.length:]) for row in rows], pad_id)
+        ran = mask[:, prefix.length:]
+    kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                  **extra, **cache, **({"use_cache": bool(cache)} if forward_takes(model, "use_cache") else {}))
     if replay is None:   # inside ``sharing_prefill`` (the evaluation), arms share the blocks below their steering
         with sharing_forced_pass(model, ids, mask):
-            return model(**kwargs)
+            return model(**kwargs).logits, ids, ran
     with (replay.recording(key) if start == RECORD else replay.replaying(key, start)):
-        return model(**kwargs)
+        return model(**kwargs).logits, ids, ran
 
 
 def batch_order(lengths: Sequence[int], batch_size: int, by_length: bool) -> list[list[int]]:
@@ -57,23 +70,32 @@ def batch_order(lengths: Sequence[int], batch_size: int, by_length: bool) -> lis
 @torch.no_grad()
 def completion_logprobs(model, tokenizer, items: Sequence[tuple[str, str]], max_tokens: int = EFFECT_TOKENS,
                         batch_size: int = 16, replay: PrefixReplay | None = None, tag: str = "",
-                        start: int | str | None = None, by_length: bool = False) -> torch.Tensor:
+                        start: int | str | None = None, by_length: bool = False,
+                        prefix: PrefixPass | None = None, share_prefix: bool = False) -> torch.Tensor:
     """Mean log-probability of each completion's first ``max_tokens`` tokens given its prompt, [N].
-    ``replay``/``tag``/``start``: see ``_forward`` (the batches of one ``tag`` must be the same every call);
-    ``by_length``: batch rows of similar length (``batch_order``)."""
+    ``replay``/``tag``/``start``/``prefix``: see ``_forward`` (the batches of one ``tag`` must be the same every
+    call, and so must the prefix's length); ``by_length``: batch rows of similar length (``batch_order``);
+    ``share_prefix``: without a ``prefix``, run the tokens all the prompts start with once, as a prefix of this
+    call's own (``capture.shared_prefix.shared_tokens``; the same numbers to rounding)."""
     encoded = [(encode_prompt(tokenizer, p), encode_completion(tokenizer, c)[:max_tokens]) for p, c in items]
     if any(not completion for _, completion in encoded):
         raise ValueError("every scored item needs a non-empty completion")
+    if share_prefix and prefix is None:
+        tokens = shared_tokens(model, [p for p, _ in encoded], max_tokens)
+        prefix = run_prefix(model, tokens) if tokens else None
+    if prefix is not None and any(len(p) <= prefix.length for p, _ in encoded):
+        raise ValueError("the shared prefix must leave every prompt at least its last token")
     device = next(model.parameters()).device
     out = torch.zeros(len(items))
     keeps_last = forward_takes(model, "logits_to_keep")
     for number, batch in enumerate(batch_order([len(p) + len(c) for p, c in encoded], batch_size, by_length)):
-        ids, mask = left_pad([encoded[i][0] + encoded[i][1] for i in batch], tokenizer.pad_token_id)
         # Left padded, so every completion ends the row: only the last positions' logits are needed
         # (the vocabulary projection and log-softmax over every prompt position were a third of the time).
         keep = max(len(encoded[i][1]) for i in batch) + 1
-        logits = _forward(model, ids, mask, replay, (tag, number), start,
-                          **({"logits_to_keep": keep} if keeps_last else {})).logits.float()
+        logits, ids, _ = _forward(model, [encoded[i][0] + encoded[i][1] for i in batch], tokenizer.pad_token_id,
+                                  replay, (tag, number), start, prefix,
+                                  **({"logits_to_keep": keep} if keeps_last else {}))
+        logits = logits.float()
         keep = logits.shape[1]   # every position when the model cannot keep only the last ones
         logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, -keep + 1:, None].to(device))[..., 0].cpu()
         for row, i in enumerate(batch):
@@ -97,9 +119,9 @@ def next_token_logprobs(model, tokenizer, prompts: Sequence[str], batch_size: in
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
     for number, batch in enumerate(batch_order([len(e) for e in encoded], batch_size, by_length=False)):
-        ids, mask = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id)
-        logits = _forward(model, ids, mask, replay, (tag, number), start).logits.float()
-        logp = torch.log_softmax(logits, -1).cpu()
+        logits, _, _ = _forward(model, [encoded[i] for i in batch], tokenizer.pad_token_id, replay, (tag, number),
+                                start)
+        logp = torch.log_softmax(logits.float(), -1).cpu()
         for row, i in enumerate(batch):
             out[i] = logp[row, -len(encoded[i]):]
     return out
@@ -126,30 +148,43 @@ class NeutralDrift:
     the base again in every steered pass. The same quantity, rounded differently in the last digits."""
 
     def __init__(self, model, tokenizer, prompts: Sequence[str], batch_size: int = 16,
-                 replay: PrefixReplay | None = None, tag: str = "neutral"):
+                 replay: PrefixReplay | None = None, tag: str = "neutral", prefix: PrefixPass | None = None):
         self.model, self.replay, self.tag = model, replay, tag
         self.pad_id = tokenizer.pad_token_id
         self.encoded = [encode_prompt(tokenizer, p) for p in prompts]
         self.batches = batch_order([len(e) for e in self.encoded], batch_size, by_length=True)
         self.positions = sum(len(e) for e in self.encoded)
+        self.shared = 0 if prefix is None else prefix.length
+        self.base_prefix = None if prefix is None else self._base(prefix.logprobs)
         self.base: list[tuple[torch.Tensor, torch.Tensor]] = []   # per batch: p [positions, V], sum p log p
         for number in range(len(self.batches)):
-            logp = self._logprobs(number, RECORD)
-            p = logp.exp()
-            self.base.append((p, torch.linalg.vecdot(p, logp)))
+            self.base.append(self._base(self._logprobs(number, RECORD, prefix)))
+
+    @staticmethod
+    def _base(logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = logp.exp()
+        return p, torch.linalg.vecdot(p, logp)
 
     @torch.no_grad()
-    def _logprobs(self, number: int, start: int | str | None) -> torch.Tensor:
-        """Log-softmax at the real positions of batch ``number``, [positions, V]."""
-        ids, mask = left_pad([self.encoded[i] for i in self.batches[number]], self.pad_id)
-        logits = _forward(self.model, ids, mask, self.replay, (self.tag, number), start).logits
-        return torch.log_softmax(logits[mask.to(logits.device).bool()].float(), -1)
+    def _logprobs(self, number: int, start: int | str | None, prefix: PrefixPass | None) -> torch.Tensor:
+        """Log-softmax at the real positions of batch ``number`` (after the prefix, if any), [positions, V]."""
+        logits, _, ran = _forward(self.model, [self.encoded[i] for i in self.batches[number]], self.pad_id,
+                                  self.replay, (self.tag, number), start, prefix)
+        return torch.log_softmax(logits[ran.to(logits.device).bool()].float(), -1)
 
-    def drift(self, start: int | None = None) -> float:
-        """Mean KL(base || the model as it runs now) in nats; ``start``: see ``_forward``."""
+    def drift(self, start: int | None = None, prefix: PrefixPass | None = None) -> float:
+        """Mean KL(base || the model as it runs now) in nats; ``start``: see ``_forward``; ``prefix``: the shared
+        prefix run under the same steering (with its log-probabilities), when the base numbers were computed
+        after one: its positions are every row's, so their KL counts once per prompt."""
+        if (prefix.length if prefix is not None else 0) != self.shared:
+            raise ValueError(f"drift after a {0 if prefix is None else prefix.length}-token prefix against base "
+                             f"numbers computed after {self.shared}")
         total = 0.0
+        if prefix is not None:
+            p, p_log_p = self.base_prefix
+            total += len(self.encoded) * float((p_log_p - torch.linalg.vecdot(p, prefix.logprobs)).sum())
         for number, (p, p_log_p) in enumerate(self.base):
-            total += float((p_log_p - torch.linalg.vecdot(p, self._logprobs(number, start))).sum())
+            total += float((p_log_p - torch.linalg.vecdot(p, self._logprobs(number, start, prefix))).sum())
         return total / max(self.positions, 1)
 
 
@@ -171,10 +206,16 @@ class HeldOutScorer:
     With ``replay_layers`` (the layers candidate strategies steer) the base pass keeps the hidden states
     entering those layers, and a steered pass told its first steered layer (``start``) starts there
     (``common.prefix_replay``: the same numbers, bit for bit, for a third to a half less work).
+
+    With ``share_prefix`` (the default) the tokens every scored prompt starts with (a chat template's header and
+    default system prompt: 24 of the refusal recipe's ~61-token val rows on SmolLM2) run once per scoring as a
+    one-row pass under the same steering (``capture.shared_prefix``), and every batch runs its rows' own tokens
+    after that pass's KV cache; the drift counts the prefix positions' KL once per neutral prompt. The same
+    quantities as plain rows, rounded differently in the last digits (a one-row pass multiplies other shapes).
     """
 
     def __init__(self, model, tokenizer, targets: Sequence[tuple[str, str, str | None]], neutral_prompts: Sequence[str],
-                 batch_size: int = 16, replay_layers: Sequence[int] = ()):
+                 batch_size: int = 16, replay_layers: Sequence[int] = (), share_prefix: bool = True):
         if not targets and not neutral_prompts:
             raise ValueError("held-out scoring needs target items or neutral prompts")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
@@ -182,20 +223,35 @@ class HeldOutScorer:
         self.paired = [i for i, n in enumerate(self.negatives) if n is not None]
         self.neutral = list(neutral_prompts)
         self.replay = PrefixReplay(model, replay_layers) if replay_layers else None
-        self.base_target = self._target_logprobs(RECORD)
-        self.drift_reference = NeutralDrift(model, tokenizer, self.neutral, batch_size, self.replay) \
-            if self.neutral else None
+        self.prefix_tokens = self._shared_prefix() if share_prefix else []
+        base_prefix = self._prefix()
+        if base_prefix is None:
+            self.prefix_tokens = []   # a cache form the shared prefix does not handle: score plain rows
+        self.base_target = self._target_logprobs(RECORD, base_prefix)
+        self.drift_reference = NeutralDrift(model, tokenizer, self.neutral, batch_size, self.replay,
+                                            prefix=base_prefix) if self.neutral else None
 
-    def _target_logprobs(self, start: int | str | None = None) -> torch.Tensor:
+    def _shared_prefix(self) -> list[int]:
+        """The tokens every scored prompt starts with (a chat template's header and default system prompt)."""
+        encoded = [encode_prompt(self.tokenizer, p) for p in dict.fromkeys(self.prompts + self.neutral)]
+        return shared_tokens(self.model, encoded, EFFECT_TOKENS)
+
+    def _prefix(self) -> PrefixPass | None:
+        """The shared prefix run under the model's current steering, or None when nothing is shared."""
+        if not self.prefix_tokens:
+            return None
+        return run_prefix(self.model, self.prefix_tokens, logprobs=bool(self.neutral))
+
+    def _target_logprobs(self, start: int | str | None = None, prefix: PrefixPass | None = None) -> torch.Tensor:
         """Opening log-probabilities: positives [N], then the negatives that exist [len(paired)]."""
         if not self.prompts:   # drift only
             return torch.zeros(0)
         items = list(zip(self.prompts, self.positives)) + [(self.prompts[i], self.negatives[i]) for i in self.paired]
         return completion_logprobs(self.model, self.tokenizer, items, batch_size=self.batch_size,
-                                   replay=self.replay, tag="targets", start=start, by_length=True)
+                                   replay=self.replay, tag="targets", start=start, by_length=True, prefix=prefix)
 
-    def _effects(self, start: int | None = None) -> torch.Tensor:
-        change = self._target_logprobs(start) - self.base_target
+    def _effects(self, start: int | None = None, prefix: PrefixPass | None = None) -> torch.Tensor:
+        change = self._target_logprobs(start, prefix) - self.base_target
         n = len(self.prompts)
         effect = change[:n].clone()
         effect[self.paired] -= change[n:]
@@ -206,8 +262,11 @@ class HeldOutScorer:
         """(per-target-item effect [N], drift) while ``steering()`` is active on ``self.model``. ``start``: the
         first layer the steering changes (``prefix_replay.first_steered_layer``), None if unknown or none."""
         with steering():
-            effect = self._effects(start)
-            drift = self.drift_reference.drift(start) if self.drift_reference is not None else float("nan")
+            prefix = self._prefix()
+            if self.prefix_tokens and prefix is None:
+                raise RuntimeError("the shared prefix's KV cache changed form under steering")
+            effect = self._effects(start, prefix)
+            drift = self.drift_reference.drift(start, prefix) if self.drift_reference is not None else float("nan")
         return effect, drift
 
     def score(self, steering: Callable[[], contextlib.AbstractContextManager] = nothing,
