@@ -223,7 +223,9 @@ def _run_compile(recipe, model, out, layers, strength, seed, mode, algorithm, al
             raise click.UsageError("--add-to, --algorithms, --selection, --budget, --catch and --full-report belong to "
                                    "--mode adaptive")
         preset = SingleStrategy(algorithm=algorithm)
-    path, summary = run_compile(options, preset, out, add_to=add_to, log=lambda line: click.echo(line, err=True))
+    # --out was checked before any work with the user's --overwrite (``_replaces_out``): what passed may be replaced
+    path, summary = run_compile(options, preset, out, add_to=add_to, log=lambda line: click.echo(line, err=True),
+                                overwrite=True)
     click.echo(f"\nwrote {path}\n\n{summary}")
 
 
@@ -428,7 +430,7 @@ def measure(issue, out, samples_path, model, layers, scales, seed, budget, extra
     """Measure a claim ISSUE's repair (e.g. "claims to be a human") on held-out prompts: preference, drift and
     judged answers for base, static and gated arms, layer and strength chosen on val (docs/autotester.md)."""
     import re
-    from .measure_autotester import run
+    from .measure_autotester import REPORT_NAME, run
     from .strategies.library import DEFAULT_DRIFT_BUDGET
     try:
         values = tuple(float(x) for x in scales.split(",") if x.strip())
@@ -445,7 +447,7 @@ def measure(issue, out, samples_path, model, layers, scales, seed, budget, extra
             raise click.BadParameter(f"not a regular expression: {exc}", param_hint="--extra-pattern")
     run(issue, out, samples_path, model, layers, values, seed, DEFAULT_DRIFT_BUDGET if budget is None else budget,
         extra_pattern, progress=not quiet, log=lambda line: click.echo(line, err=True))
-    click.echo(f"wrote {out / 'measure_report.json'} and {out / 'adapter'}")
+    click.echo(f"wrote {out / REPORT_NAME} and {out / 'adapter'}")
 
 
 @main.command(name="eval")

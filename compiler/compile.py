@@ -57,7 +57,7 @@ from .capture.cache import BaseArmCache, arm_key, stored_results_name, stored_re
 from .common.prefix_replay import first_steered_layer
 from .capture.prefill_sharing import sharing_prefill
 from .pipeline import (REPORT_NAME, SAMPLES_NAME, CompileOptions, _prepare, add_static, anchor_negatives,
-                       capture_activations, check_output_folder, fit_layer, fit_sequences, new_adapter, val_rates)
+                       capture_activations, fit_layer, fit_sequences, new_adapter, val_rates)
 from .program.single_strategy import LayerCandidate, SingleStrategy, single_program
 from .program.steering_program import Program, lower
 from .samples.recipes import Recipe
@@ -831,9 +831,14 @@ def held_out_directions(samples: SampleSet) -> dict[str, str]:
 
 
 def run_compile(options: CompileOptions, preset: AdaptiveOptions | SingleStrategy | None, out: str | Path,
-                add_to: str | Path | None = None, log: Callable[[str], None] = print) -> tuple[Path, str]:
-    """What ``masteer-compile`` does, in either preset: compile (or add to an adapter), measure, save, summarise."""
-    check_output_folder(out)
+                add_to: str | Path | None = None, log: Callable[[str], None] = print,
+                overwrite: bool = False) -> tuple[Path, str]:
+    """What ``masteer-compile`` does, in either preset: compile (or add to an adapter), measure, save, summarise.
+    ``out`` is replaced as a whole: checked before any work as the command line checks it (missing or empty, or
+    with ``overwrite`` a folder masteer wrote; never an input), so a Python caller cannot lose a folder either."""
+    from masteer.runtime.output_folder import check_output_folder
+    inputs = [add_to, options.samples_path, options.model if options.model and Path(options.model).exists() else None]
+    check_output_folder(out, inputs=inputs, overwrite=overwrite, option="out", switch="overwrite=True")
     if add_to is not None and isinstance(preset, SingleStrategy):
         raise MasteerError("adding an issue to an adapter (--add-to) needs the adaptive preset")
     if add_to is None:

@@ -42,6 +42,7 @@ from .strategies.library import DEFAULT_DRIFT_BUDGET
 from .samples.autotester.analyst import Claim, template_analysis
 
 DESIRED, UNDESIRED, NEITHER = "desired", "undesired", "neither"
+REPORT_NAME = "measure_report.json"
 _NEG = re.compile(r"\b(?:no|not|never|cannot)\b|n't\b", re.I)
 
 
@@ -165,8 +166,9 @@ def run(issue: str, out: Path, samples_path: str | None = None, model: str = EMB
     from .program.single_strategy import SingleStrategy
     from .samples.autotester.pipeline import AutoTesterOptions, format_summary, run_autotester
     from .samples.backends import make_backend
-    from .pipeline import check_output_folder
-    check_output_folder(out)
+    from masteer.runtime.output_folder import check_report_folder
+    # written into file by file (samples.jsonl, adapter/, the report): a user's folder holding such names is refused
+    check_report_folder(out, [REPORT_NAME], inputs=[samples_path])
     torch.manual_seed(seed)
     timings: dict[str, float] = {}
     analysis = template_analysis(issue)
@@ -210,7 +212,7 @@ def run(issue: str, out: Path, samples_path: str | None = None, model: str = EMB
     report = {"issue": issue, "model": loaded.name, "samples": samples_path, "samples_hash": samples.content_hash,
               "selection": selection, "layer": layer, "strength": scale, "test": test,
               "extra_pattern": extra_pattern, "timings_s": {k: round(v, 1) for k, v in timings.items()}}
-    atomic_write_text(out / "measure_report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / REPORT_NAME, json.dumps(report, indent=2) + "\n")
     log(format_table(report))
     return report
 

@@ -21,7 +21,6 @@ import torch
 
 from masteer.runtime import SteeringAdapter, host_layout, model_fingerprint
 from masteer.runtime.errors import MasteerError
-from masteer.runtime.output_folder import check_folder_can_be_written
 from masteer.runtime.hosts import activation_name
 
 from .capture.activation_store import ActivationStore
@@ -213,13 +212,6 @@ def val_rates(loaded: LoadedModel, adapter: SteeringAdapter | None, val: dict[st
 
 
 # --------------------------------------------------------------------------- the compile
-def check_output_folder(out: str | Path) -> Path:
-    """Before any work: ``out`` can be written as a folder. It is not a file, and its nearest existing parent
-    takes a new folder (tried, not inferred from permission bits, which say nothing to root or about a
-    read-only file system): a compile must not run for half an hour and then fail to save."""
-    return check_folder_can_be_written(out)
-
-
 def check_compile_samples(recipe: Recipe, samples: SampleSet, evaluate: bool, need_val: bool) -> None:
     """What the stages will need from the sample set, checked before the model loads."""
     where = f"sample set {samples.content_hash} ({samples.recipe})"

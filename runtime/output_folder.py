@@ -81,28 +81,21 @@ def _check_is_folder_path(out: Path, option: str) -> None:
         raise MasteerError(f"{option} {out} is a file; give a folder path")
 
 
-def check_folder_can_be_written(out: str | os.PathLike, option: str = "--out") -> Path:
-    """``out`` is not a file and its nearest existing parent takes a new folder: the least every folder output
-    needs, checked before long work (the compile checks this much from Python too)."""
-    out = Path(out)
-    _check_is_folder_path(out, option)
-    check_parent_takes_a_folder(out, option)
-    return out
-
-
 def check_output_folder(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (),
-                        overwrite: bool = False, option: str = "--out") -> Path:
-    """Before any work: ``out`` may be replaced as a whole (module docstring); returns it as a Path."""
+                        overwrite: bool = False, option: str = "--out", switch: str = "--overwrite") -> Path:
+    """Before any work: ``out`` may be replaced as a whole (module docstring); returns it as a Path. ``option``
+    and ``switch`` name the folder and the permission the way the caller's user gives them (a command line's
+    ``--out``/``--overwrite``, a Python call's ``out``/``overwrite=True``)."""
     out = Path(out)
     _check_is_folder_path(out, option)
     check_not_an_input(out, inputs, option)
     if out.is_dir() and not _is_empty(out):
         if not overwrite:
-            raise MasteerError(f"{option} {out} exists and is not empty; pass --overwrite to replace it "
+            raise MasteerError(f"{option} {out} exists and is not empty; pass {switch} to replace it "
                                f"(allowed only for a folder masteer wrote)")
         if not written_by_masteer(out):
             raise MasteerError(f"{option} {out} was not written by masteer (no masteer {ADAPTER_MARKER} or "
-                               f"{CHECKPOINT_MARKER}); it is not replaced, even with --overwrite")
+                               f"{CHECKPOINT_MARKER}); it is not replaced, even with {switch}")
     check_parent_takes_a_folder(out, option)
     return out
 

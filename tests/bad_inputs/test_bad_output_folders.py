@@ -156,3 +156,23 @@ def test_inspect_json_onto_a_file_of_its_adapter_is_refused(adapter_dir, model_d
                                             adapter_dir / "adapter_config.json"]))
     assert "would replace a file of this command's input" in line
     assert tree_digest(adapter_dir) == before
+
+
+def test_run_compile_from_python_keeps_a_user_folder_as_the_command_line_does(tmp_path):
+    from masteer.compiler.compile import AdaptiveOptions, run_compile
+    from masteer.compiler.pipeline import CompileOptions
+    out = _user_folder(tmp_path / "mine")
+    before = tree_digest(out)
+    with pytest.raises(MasteerError, match=r"out .*mine exists and is not empty; pass overwrite=True"):
+        run_compile(CompileOptions(progress=False), AdaptiveOptions(), out)
+    with pytest.raises(MasteerError, match="not written by masteer.*even with overwrite=True"):
+        run_compile(CompileOptions(progress=False), AdaptiveOptions(), out, overwrite=True)
+    assert tree_digest(out) == before
+
+
+def test_measure_into_a_user_folder_is_refused_before_work(tmp_path):
+    out = _user_folder(tmp_path / "mine")
+    (out / "samples.jsonl").write_text("the user's own samples\n")   # a name measure writes
+    before = tree_digest(out)
+    line = one_line_error(invoke(cli.main, ["measure", "claims to be a human", "--out", out]))
+    assert "not a masteer report" in line and "measure_report.json" in line and tree_digest(out) == before
