@@ -138,6 +138,13 @@ def shared_tokens(model, prompts: Sequence[Sequence[int]], extra: int) -> list[i
     return list(prompts[0][:shared])
 
 
+def call_prefix(model, prompts: Sequence[Sequence[int]], extra: int, logprobs: bool = False) -> PrefixPass | None:
+    """One call's shared prefix, run: :func:`shared_tokens` of its prompts through :func:`run_prefix`; None when
+    nothing is shared."""
+    tokens = shared_tokens(model, prompts, extra)
+    return run_prefix(model, tokens, logprobs) if tokens else None
+
+
 @torch.no_grad()
 def batch_inputs(model, rows: Sequence[list[int]], pad_id: int, max_new_tokens: int) -> BatchInputs:
     """The batch's inputs for ``generate``, with the common prefix prefilled once where that is safe."""

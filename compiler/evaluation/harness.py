@@ -161,8 +161,10 @@ class _ArmRun:
         def compute(chunk):
             prompts = [x.prompt for x in chunk]
             with self.running.base() as base_model:
-                base = next_token_logprobs(base_model, self.ctx.tokenizer, prompts, self.ctx.batch_size)
-            steered = next_token_logprobs(self.running.model, self.ctx.tokenizer, prompts, self.ctx.batch_size)
+                base = next_token_logprobs(base_model, self.ctx.tokenizer, prompts, self.ctx.batch_size,
+                                           share_prefix=True)
+            steered = next_token_logprobs(self.running.model, self.ctx.tokenizer, prompts, self.ctx.batch_size,
+                                          share_prefix=True)
             return [list(x) for x in kl_sums(base, steered)]
         return self._cached_chunks(suite, "kl", suite.items, compute)
 

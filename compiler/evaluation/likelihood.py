@@ -1,7 +1,8 @@
 """Teacher-forced measures: option likelihoods, perplexity, next-token KL from the base model.
 
 Everything here reuses :mod:`masteer.compiler.strategies.scoring` (chat-formatted prompts, left padding,
-position ids that ignore padding), so a suite scores text exactly the way calibration does.
+position ids that ignore padding, the prompts' shared chat header run once as a one-row prefix pass), so a suite
+scores text exactly the way calibration does.
 
 - **Options by likelihood**: an option's score is the mean log-probability of its tokens as the
   assistant's answer to the prompt. When every option is a single token (the letters "A".."D"),
@@ -22,11 +23,10 @@ from typing import Sequence
 
 import torch
 
-from ..capture.activations import encode_completion, encode_prompt, position_ids
-from ..capture.prefill_sharing import sharing_forced_pass
-from ..common.batching import left_pad
+from ..capture.activations import encode_completion, encode_prompt
+from ..capture.shared_prefix import call_prefix
 from ..common.forward_arguments import forward_takes
-from ..strategies.scoring import batch_order, completion_logprobs, mean_kl
+from ..strategies.scoring import batch_order, completion_logprobs, forward_rows, mean_kl
 
 OPTION_TOKENS = 32   # an option longer than this is scored on its first 32 tokens
 
@@ -57,20 +57,19 @@ def single_token_ids(tokenizer, options: Sequence[str]) -> list[int] | None:
 @torch.no_grad()
 def last_token_logprobs(model, tokenizer, prompts: Sequence[str], token_ids: Sequence[Sequence[int]],
                         batch_size: int = 16) -> list[list[float]]:
-    """Log-probability of each of ``token_ids[i]`` as the first answer token to ``prompts[i]``."""
+    """Log-probability of each of ``token_ids[i]`` as the first answer token to ``prompts[i]``. The prompts' shared
+    chat header runs once (``capture.shared_prefix``: 24 of an MMLU prompt's ~117 tokens on SmolLM2)."""
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    device = next(model.parameters()).device
+    prefix = call_prefix(model, encoded, 1)
     keeps_last = forward_takes(model, "logits_to_keep")
     out: list[list[float]] = [[] for _ in prompts]
     for rows in batch_order([len(e) for e in encoded], batch_size, by_length=True):   # see by_length
-        ids, mask = left_pad([encoded[i] for i in rows], tokenizer.pad_token_id)
         # only the last position's logits: the vocabulary projection of every position of a long MMLU prompt was
-        # a fifth of the pass (the same numbers bit for bit on SmolLM2, whose rows do not depend on the others)
-        with sharing_forced_pass(model, ids, mask):   # the arms share the blocks below their steering
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=position_ids(mask).to(device),
-                           **({"logits_to_keep": 1} if keeps_last else {})).logits[:, -1].float()
-        logp = torch.log_softmax(logits, -1).cpu()
+        # a fifth of the pass (the same numbers bit for bit on SmolLM2, whose rows do not depend on the others);
+        # outside a compile's evaluation ``replay`` is None and the arms share the blocks below their steering
+        logits, _, _ = forward_rows(model, [encoded[i] for i in rows], tokenizer.pad_token_id, None, None, None,
+                                    prefix, **({"logits_to_keep": 1} if keeps_last else {}))
+        logp = torch.log_softmax(logits[:, -1].float(), -1).cpu()
         for row, i in enumerate(rows):
             out[i] = [float(logp[row, t]) for t in token_ids[i]]
     return out
@@ -93,7 +92,7 @@ def option_logprobs(model, tokenizer, prompts: Sequence[str], options: Sequence[
     if slow:
         pairs = [(prompts[i], o) for i in slow for o in options[i]]
         flat = by_length(pairs, [len(p) + len(o) for p, o in pairs], lambda chunk: completion_logprobs(
-            model, tokenizer, chunk, max_tokens=OPTION_TOKENS, batch_size=batch_size).tolist())
+            model, tokenizer, chunk, max_tokens=OPTION_TOKENS, batch_size=batch_size, share_prefix=True).tolist())
         k = 0
         for i in slow:
             out[i] = flat[k:k + len(options[i])]
@@ -107,7 +106,7 @@ def completion_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], max_token
     counts = [min(len(encode_completion(tokenizer, text)), max_tokens) for _, text in pairs]
     means = by_length(list(pairs), [len(p) + min(len(t), 8 * max_tokens) for p, t in pairs],
                       lambda chunk: completion_logprobs(model, tokenizer, chunk, max_tokens=max_tokens,
-                                                        batch_size=batch_size).tolist())
+                                                        batch_size=batch_size, share_prefix=True).tolist())
     return [(-float(m) * n, n) for m, n in zip(means, counts)]
 
 

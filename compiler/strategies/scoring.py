@@ -22,7 +22,7 @@ import torch
 
 from ..capture.activations import encode_completion, encode_prompt, position_ids
 from ..capture.prefill_sharing import sharing_forced_pass
-from ..capture.shared_prefix import PrefixPass, run_prefix, shared_tokens
+from ..capture.shared_prefix import PrefixPass, call_prefix, run_prefix, shared_tokens
 from ..common.batching import left_pad
 from ..common.forward_arguments import forward_takes
 from ..common.prefix_replay import PrefixReplay
@@ -33,7 +33,7 @@ EFFECT_TOKENS = 8
 RECORD = "record"   # ``start`` of a pass that records the base hidden states for later replays
 
 
-def _forward(model, rows: Sequence[list[int]], pad_id: int, replay: PrefixReplay | None, key, start,
+def forward_rows(model, rows: Sequence[list[int]], pad_id: int, replay: PrefixReplay | None, key, start,
              prefix: PrefixPass | None = None, **extra) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One scoring pass over token rows, recording or replaying the base prefix when asked
     (``common.prefix_replay``): ``start`` is ``RECORD`` for the base pass, else the adapter's first layer. With a
@@ -73,7 +73,7 @@ def completion_logprobs(model, tokenizer, items: Sequence[tuple[str, str]], max_
                         start: int | str | None = None, by_length: bool = False,
                         prefix: PrefixPass | None = None, share_prefix: bool = False) -> torch.Tensor:
     """Mean log-probability of each completion's first ``max_tokens`` tokens given its prompt, [N].
-    ``replay``/``tag``/``start``/``prefix``: see ``_forward`` (the batches of one ``tag`` must be the same every
+    ``replay``/``tag``/``start``/``prefix``: see ``forward_rows`` (the batches of one ``tag`` must be the same every
     call, and so must the prefix's length); ``by_length``: batch rows of similar length (``batch_order``);
     ``share_prefix``: without a ``prefix``, run the tokens all the prompts start with once, as a prefix of this
     call's own (``capture.shared_prefix.shared_tokens``; the same numbers to rounding)."""
@@ -81,8 +81,7 @@ def completion_logprobs(model, tokenizer, items: Sequence[tuple[str, str]], max_
     if any(not completion for _, completion in encoded):
         raise ValueError("every scored item needs a non-empty completion")
     if share_prefix and prefix is None:
-        tokens = shared_tokens(model, [p for p, _ in encoded], max_tokens)
-        prefix = run_prefix(model, tokens) if tokens else None
+        prefix = call_prefix(model, [p for p, _ in encoded], max_tokens)
     if prefix is not None and any(len(p) <= prefix.length for p, _ in encoded):
         raise ValueError("the shared prefix must leave every prompt at least its last token")
     device = next(model.parameters()).device
@@ -92,7 +91,7 @@ def completion_logprobs(model, tokenizer, items: Sequence[tuple[str, str]], max_
         # Left padded, so every completion ends the row: only the last positions' logits are needed
         # (the vocabulary projection and log-softmax over every prompt position were a third of the time).
         keep = max(len(encoded[i][1]) for i in batch) + 1
-        logits, ids, _ = _forward(model, [encoded[i][0] + encoded[i][1] for i in batch], tokenizer.pad_token_id,
+        logits, ids, _ = forward_rows(model, [encoded[i][0] + encoded[i][1] for i in batch], tokenizer.pad_token_id,
                                   replay, (tag, number), start, prefix,
                                   **({"logits_to_keep": keep} if keeps_last else {}))
         logits = logits.float()
@@ -114,16 +113,23 @@ def preference(model, tokenizer, prompts: Sequence[str], positives: Sequence[str
 @torch.no_grad()
 def next_token_logprobs(model, tokenizer, prompts: Sequence[str], batch_size: int = 16,
                         replay: PrefixReplay | None = None, tag: str = "",
-                        start: int | str | None = None) -> list[torch.Tensor]:
-    """Log-softmax over the vocabulary at every prompt position, one [len, V] tensor per prompt."""
+                        start: int | str | None = None, share_prefix: bool = False) -> list[torch.Tensor]:
+    """Log-softmax over the vocabulary at every prompt position, one [len, V] tensor per prompt.
+    ``share_prefix``: run the tokens all the prompts start with once (``capture.shared_prefix``); their
+    positions' log-probabilities, the same in every row, are that pass's."""
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    prefix = call_prefix(model, encoded, 0, logprobs=True) if share_prefix else None
+    head = prefix.logprobs.cpu() if prefix is not None else None
     out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
     for number, batch in enumerate(batch_order([len(e) for e in encoded], batch_size, by_length=False)):
-        logits, _, _ = _forward(model, [encoded[i] for i in batch], tokenizer.pad_token_id, replay, (tag, number),
-                                start)
+        logits, _, _ = forward_rows(model, [encoded[i] for i in batch], tokenizer.pad_token_id, replay,
+                                    (tag, number), start, prefix)
         logp = torch.log_softmax(logits.float(), -1).cpu()
         for row, i in enumerate(batch):
-            out[i] = logp[row, -len(encoded[i]):]
+            if head is None:
+                out[i] = logp[row, -len(encoded[i]):]
+            else:
+                out[i] = torch.cat([head, logp[row, -(len(encoded[i]) - prefix.length):]])
     return out
 
 
@@ -168,12 +174,12 @@ class NeutralDrift:
     @torch.no_grad()
     def _logprobs(self, number: int, start: int | str | None, prefix: PrefixPass | None) -> torch.Tensor:
         """Log-softmax at the real positions of batch ``number`` (after the prefix, if any), [positions, V]."""
-        logits, _, ran = _forward(self.model, [self.encoded[i] for i in self.batches[number]], self.pad_id,
+        logits, _, ran = forward_rows(self.model, [self.encoded[i] for i in self.batches[number]], self.pad_id,
                                   self.replay, (self.tag, number), start, prefix)
         return torch.log_softmax(logits[ran.to(logits.device).bool()].float(), -1)
 
     def drift(self, start: int | None = None, prefix: PrefixPass | None = None) -> float:
-        """Mean KL(base || the model as it runs now) in nats; ``start``: see ``_forward``; ``prefix``: the shared
+        """Mean KL(base || the model as it runs now) in nats; ``start``: see ``forward_rows``; ``prefix``: the shared
         prefix run under the same steering (with its log-probabilities), when the base numbers were computed
         after one: its positions are every row's, so their KL counts once per prompt."""
         if (prefix.length if prefix is not None else 0) != self.shared:

@@ -94,13 +94,29 @@ def test_rows_that_do_not_start_with_the_prefix_are_refused():
 
 
 def test_a_call_can_share_its_own_prompts_prefix(monkeypatch):
-    from masteer.compiler.strategies import scoring
+    from masteer.compiler.capture import shared_prefix
     model = _model("qwen2")
     tok = byte_tokenizer()
     items = [(p, c) for p, c, _ in TARGETS] + [(p, "Sure.") for p in NEUTRAL]
     plain = completion_logprobs(model, tok, items, batch_size=3, by_length=True)
     prefixes = []
-    monkeypatch.setattr(scoring, "run_prefix", lambda m, tokens, **kw: prefixes.append(tokens) or run_prefix(m, tokens, **kw))
+    monkeypatch.setattr(shared_prefix, "run_prefix", lambda m, tokens, *a: prefixes.append(tokens) or run_prefix(m, tokens, *a))
     shared = completion_logprobs(model, tok, items, batch_size=3, by_length=True, share_prefix=True)
     assert [tok.decode(t) for t in prefixes] == ["<|im_start|>user\n"]   # one prefix pass for the whole call
     assert torch.allclose(shared, plain, rtol=1e-9, atol=0) and plain.std() > 0.01   # rows that differ
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_next_token_logprobs_after_a_shared_prefix_keep_every_position(kind):
+    """The KL suite's distributions: every prompt position, the prefix's from the one-row pass."""
+    from masteer.compiler.strategies.scoring import next_token_logprobs
+    model = _model(kind)
+    tok = byte_tokenizer()
+    steered = SteeredModel(model, random_adapter(model, counts={1: 2}, strength=8.0), check_fingerprint=False)
+    try:
+        plain = next_token_logprobs(model, tok, NEUTRAL, batch_size=3)
+        shared = next_token_logprobs(model, tok, NEUTRAL, batch_size=3, share_prefix=True)
+    finally:
+        steered.detach()
+    for p, s in zip(plain, shared):
+        assert p.shape == s.shape and torch.allclose(s, p, rtol=1e-9, atol=1e-12)
