@@ -32,8 +32,8 @@ from typing import Sequence
 import torch
 
 from ..common.batching import left_pad
-from .activations import position_ids
 from ..common.forward_arguments import cache_argument, forward_takes, output_cache
+from .activations import position_ids
 
 MIN_SHARED = 4   # tokens: below this the one-row pass costs about what it saves
 
@@ -148,12 +148,9 @@ def call_prefix(model, prompts: Sequence[Sequence[int]], extra: int, logprobs: b
 @torch.no_grad()
 def batch_inputs(model, rows: Sequence[list[int]], pad_id: int, max_new_tokens: int) -> BatchInputs:
     """The batch's inputs for ``generate``, with the common prefix prefilled once where that is safe."""
-    tokens = shared_tokens(model, rows, max_new_tokens)
-    prefix = run_prefix(model, tokens) if tokens else None
+    prefix = call_prefix(model, rows, max_new_tokens)
     if prefix is None:
         return BatchInputs(*left_pad(rows, pad_id), {})
-    shared = prefix.length
-    tails, tail_mask = left_pad([list(r[shared:]) for r in rows], pad_id)
+    tails, mask, _, cache_kwargs = prefix.inputs(model, [list(r[prefix.length:]) for r in rows], pad_id)
     ids = torch.cat([torch.tensor([prefix.tokens]).expand(len(rows), -1), tails], dim=1)
-    mask = torch.cat([torch.ones(len(rows), shared, dtype=tail_mask.dtype), tail_mask], dim=1)
-    return BatchInputs(ids, mask, {cache_argument(model): prefix.repeated(len(rows))})
+    return BatchInputs(ids, mask, cache_kwargs)
