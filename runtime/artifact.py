@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .atomic import atomic_directory
 from .bounds import strength_problem
@@ -116,6 +116,29 @@ def _parts(kind: str, host_form: str) -> tuple[str, ...]:
     if kind in (ADDITIVE, ROTATION):
         return ("direction",)
     return ("gate", "up" if host_form == GATED else "bias", "direction")
+
+
+def stable_safetensors(data: bytes) -> bytes:
+    """A safetensors file's bytes with its metadata keys in sorted order. safetensors writes its metadata map in
+    no fixed order (a hash map: two saves of one adapter in one process came out in either order), so the same
+    adapter saved twice differed byte for byte, and a content hash (the Hub's, a user's checksum) with it. The
+    header keeps its length (the same keys and values; safetensors pads it with spaces), the tensors their bytes."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    metadata = header.get("__metadata__")
+    if not metadata:
+        return data
+    header["__metadata__"] = dict(sorted(metadata.items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if len(text) > length:   # not the compact form this was written in: leave it as it is
+        return data
+    return data[:8] + text.ljust(length, b" ") + data[8 + length:]
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file`` with the same bytes for the same tensors and metadata
+    (:func:`stable_safetensors`)."""
+    Path(path).write_bytes(stable_safetensors(save(tensors, metadata=metadata)))
 
 
 @dataclass
@@ -402,8 +425,8 @@ class SteeringAdapter:
         path = Path(path)
         with atomic_directory(path) as tmp:
             (tmp / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2) + "\n")
-            save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp / WEIGHTS_NAME),
-                      metadata={"format": "pt", "masteer_format_version": str(self.format_version)})
+            write_safetensors({k: v.contiguous() for k, v in self.tensors.items()}, tmp / WEIGHTS_NAME,
+                              metadata={"format": "pt", "masteer_format_version": str(self.format_version)})
             (tmp / CARD_NAME).write_text(card if card is not None else adapter_card(self))
             for name, text in (extra_files or {}).items():
                 if name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME) or Path(name).name != name:

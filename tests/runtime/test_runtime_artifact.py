@@ -68,6 +68,18 @@ def test_roundtrip_keeps_row_order_when_layers_added_out_of_order(kind, tmp_path
                        logits(SteeredModel(tiny_model(kind), loaded), inputs))
 
 
+def test_the_same_adapter_saves_to_the_same_bytes(tmp_path):
+    """safetensors writes its metadata map in no fixed order: without sorting, 12 saves came out in both orders."""
+    model = tiny_model("llama")
+    adapter = random_adapter(model, additive_layer=1)
+    files = {(adapter.save(tmp_path / f"a{i}") / WEIGHTS_NAME).read_bytes() for i in range(12)}
+    assert len(files) == 1
+    (data,) = files
+    length = int.from_bytes(data[:8], "little")
+    assert list(json.loads(data[8:8 + length])["__metadata__"]) == ["format", "masteer_format_version"]
+    assert set(load_file(tmp_path / "a0" / WEIGHTS_NAME)) == set(adapter.tensors)
+
+
 def test_from_pretrained_and_attach_by_path(kind, tmp_path):
     _, adapter, folder = _saved(kind, tmp_path)
     inputs = left_padded_batch()
@@ -235,7 +247,7 @@ def _failing_save_file(real):
 
 def test_interrupted_save_leaves_nothing(kind, tmp_path, monkeypatch):
     adapter = random_adapter(tiny_model(kind), additive_layer=1)
-    monkeypatch.setattr(artifact, "save_file", _failing_save_file(artifact.save_file))
+    monkeypatch.setattr(artifact, "write_safetensors", _failing_save_file(artifact.write_safetensors))
     with pytest.raises(OSError, match="simulated"):
         adapter.save(tmp_path / "adapter")
     assert _listing(tmp_path) == [], f"an interrupted save left {_listing(tmp_path)}"
@@ -245,7 +257,7 @@ def test_interrupted_overwrite_keeps_old_adapter(kind, tmp_path, monkeypatch):
     model, old, folder = _saved(kind, tmp_path)
     old_bytes = {name: (folder / name).read_bytes() for name in _listing(folder)}
     new = random_adapter(model, seed=99, counts={1: 2})
-    monkeypatch.setattr(artifact, "save_file", _failing_save_file(artifact.save_file))
+    monkeypatch.setattr(artifact, "write_safetensors", _failing_save_file(artifact.write_safetensors))
     with pytest.raises(OSError, match="simulated"):
         new.save(folder)
     assert _listing(tmp_path) == ["adapter"], f"leftovers: {_listing(tmp_path)}"
