@@ -623,10 +623,13 @@ def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: Compi
             with timed(timings, "gate_report"):
                 targets = [s.prompt for s in as_written(samples.select(split="test", label=TARGET))]
                 neutrals = [s.prompt for s in as_written(samples.select(split="test", label=NEUTRAL))]
+                # the refusal table's answers of the program are what its gates opened on: scored, not generated again
+                answers = refusal.responses.get(ADAPTIVE_ARM, {})
+                answers = answers if all(p in answers for p in targets + neutrals) else None
                 gates = [r.to_dict() for r in gate_reports(loaded.model, loaded.tokenizer, result.adapter, targets,
                                                            neutrals, max_new_tokens=max_new_tokens,
-                                                           batch_size=generation_batch(options.batch_size),
-                                                           progress=options.progress)]
+                                                           batch_size=options.batch_size, progress=options.progress,
+                                                           answers=refusal.responses.get(ADAPTIVE_ARM))]
         report = None
         if suites:
             with timed(timings, "suites"):

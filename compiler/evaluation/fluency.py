@@ -40,11 +40,12 @@ def fluency_by_arm(model, tokenizer, pairs: Mapping[Hashable, Sequence[tuple[str
     length batched together: arms share most answers (a gated arm answers as the base model wherever its gates
     stay shut, and the first strategy alone is the program itself when it kept one), and scoring each arm's
     pairs apart in prompt order had made this diagnostic a sixth of an end-to-end compile's time. The prompts' shared
-    chat header runs once (``share_prefix``)."""
+    chat header runs once (``share_prefix``), and a prompt's distinct answers share one row after one copy of it
+    (``branch``)."""
     kept = {arm: [(p, a) for p, a in arm_pairs if a.strip()] for arm, arm_pairs in pairs.items()}
     distinct = list(dict.fromkeys(pair for arm_pairs in kept.values() for pair in arm_pairs))
     scored = (completion_logprobs(model, tokenizer, distinct, max_tokens=max_tokens, batch_size=batch_size,
-                                  by_length=True, share_prefix=True) if distinct else [])
+                                  by_length=True, share_prefix=True, branch=True) if distinct else [])
     perplexity = {pair: math.exp(-float(lp)) for pair, lp in zip(distinct, scored)}
     out = {}
     for arm, arm_pairs in kept.items():

@@ -17,14 +17,14 @@ a last row, ``PROGRAM``, counts a prompt or token as open when any strategy is.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from masteer.runtime import SteeredModel, SteeringAdapter
 
-from ..capture.activations import encode_prompt, position_ids
+from ..capture.activations import encode_completion, encode_prompt, position_ids
 from ..capture.shared_prefix import batch_inputs
 from ..common.batching import left_pad
 
@@ -52,8 +52,11 @@ class GateReport:
 
 @torch.no_grad()
 def _openings(steered: SteeredModel, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
-              progress: bool, desc: str) -> tuple[dict[str, list[float]], dict[str, list[torch.Tensor]]]:
+              progress: bool, desc: str, answers: Mapping[str, str] | None = None
+              ) -> tuple[dict[str, list[float]], dict[str, list[torch.Tensor]]]:
     """Per strategy: the opening at each prompt's last token, and the openings at its generated tokens."""
+    if answers is not None:
+        return _answer_openings(steered, tokenizer, prompts, answers, batch_size, progress, desc)
     last: dict[str, list[float]] = {}
     generated: dict[str, list[torch.Tensor]] = {}
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
@@ -73,6 +76,33 @@ def _openings(steered: SteeredModel, tokenizer, prompts: Sequence[str], max_new_
             values = values.cpu()
             last.setdefault(name, []).extend(values[:, width - 1].tolist())
             generated.setdefault(name, []).extend(values[row, width:][answered[row]] for row in range(len(rows)))
+    return last, generated
+
+
+@torch.no_grad()
+def _answer_openings(steered: SteeredModel, tokenizer, prompts: Sequence[str], answers: Mapping[str, str],
+                     batch_size: int, progress: bool, desc: str
+                     ) -> tuple[dict[str, list[float]], dict[str, list[torch.Tensor]]]:
+    """:func:`_openings` over answers the adapter already gave (the refusal table's greedy answers of the same
+    arm): one pass over prompt and answer instead of generating them again. An opening depends only on the tokens
+    before it, so these are the openings the generation saw, up to the answer's text being tokenized anew."""
+    missing = [p for p in prompts if p not in answers]
+    if missing:
+        raise ValueError(f"gate report: no answer for {len(missing)} prompts, e.g. {missing[0][:60]!r}")
+    last: dict[str, list[float]] = {}
+    generated: dict[str, list[torch.Tensor]] = {}
+    rows = [(encode_prompt(tokenizer, p), encode_completion(tokenizer, answers[p])) for p in prompts]
+    device = next(steered.parameters()).device
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress, leave=False):
+        batch = rows[start:start + batch_size]
+        ids, mask = left_pad([prompt + answer for prompt, answer in batch], tokenizer.pad_token_id)
+        openings = steered.openings(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                    position_ids=position_ids(mask).to(device))
+        for name, values in openings.items():
+            values = values.cpu()
+            last.setdefault(name, []).extend(values[row, -len(answer) - 1].item() for row, (_, answer) in enumerate(batch))
+            generated.setdefault(name, []).extend(values[row, ids.shape[1] - len(answer):]
+                                                  for row, (_, answer) in enumerate(batch))
     return last, generated
 
 
@@ -112,14 +142,18 @@ def open_share(last: dict[str, list[float]]) -> float:
 
 
 def gate_reports(model, tokenizer, adapter: SteeringAdapter, targets: Sequence[str], neutrals: Sequence[str],
-                 max_new_tokens: int = 24, batch_size: int = 16, progress: bool = True) -> list[GateReport]:
-    """One report per gated strategy of ``adapter`` on held-out ``targets`` and ``neutrals``."""
+                 max_new_tokens: int = 24, batch_size: int = 16, progress: bool = True,
+                 answers: Mapping[str, str] | None = None) -> list[GateReport]:
+    """One report per gated strategy of ``adapter`` on held-out ``targets`` and ``neutrals``; ``answers``: the
+    adapter's greedy answers to every one of them when they were generated already (prompt -> answer)."""
     if not targets or not neutrals:
         raise ValueError("a gate report needs held-out target and neutral prompts")
     steered = SteeredModel(model, adapter, check_fingerprint=False)
     try:
-        t_last, t_gen = _openings(steered, tokenizer, targets, max_new_tokens, batch_size, progress, "gates (targets)")
-        n_last, n_gen = _openings(steered, tokenizer, neutrals, max_new_tokens, batch_size, progress, "gates (neutral)")
+        t_last, t_gen = _openings(steered, tokenizer, targets, max_new_tokens, batch_size, progress, "gates (targets)",
+                                  answers)
+        n_last, n_gen = _openings(steered, tokenizer, neutrals, max_new_tokens, batch_size, progress, "gates (neutral)",
+                                  answers)
     finally:
         steered.detach()
     layers = {s.strategy: s.layer for s in adapter.strategies}

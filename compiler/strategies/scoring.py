@@ -26,6 +26,7 @@ from ..capture.shared_prefix import PrefixPass, call_prefix, run_prefix, shared_
 from ..common.batching import left_pad
 from ..common.forward_arguments import forward_takes
 from ..common.prefix_replay import PrefixReplay
+from .branched_rows import branch_inputs, branch_means, branch_units
 
 EFFECT_TOKENS = 8
 
@@ -34,11 +35,13 @@ RECORD = "record"   # ``start`` of a pass that records the base hidden states fo
 
 
 def forward_rows(model, rows: Sequence[list[int]], pad_id: int, replay: PrefixReplay | None, key, start,
-             prefix: PrefixPass | None = None, **extra) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 prefix: PrefixPass | None = None, branches: Sequence[Sequence[int]] | None = None,
+                 **extra) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One scoring pass over token rows, recording or replaying the base prefix when asked
     (``common.prefix_replay``): ``start`` is ``RECORD`` for the base pass, else the adapter's first layer. With a
     ``prefix`` (``capture.shared_prefix``: every row starts with its tokens) only the rows' own tokens run, after
-    the prefix's KV cache. Returns (logits, the token ids that ran, their attention mask)."""
+    the prefix's KV cache. With ``branches`` each row ends with completions of those lengths that all follow its
+    prompt (``branched_rows``). Returns (logits, the token ids that ran, their attention mask)."""
     device = next(model.parameters()).device
     if prefix is None:
         ids, mask = left_pad(rows, pad_id)
@@ -49,10 +52,13 @@ def forward_rows(model, rows: Sequence[list[int]], pad_id: int, replay: PrefixRe
             raise ValueError("a scored row does not start with the shared prefix it is scored after")
         ids, mask, positions, cache = prefix.inputs(model, [list(row[prefix.length:]) for row in rows], pad_id)
         ran = mask[:, prefix.length:]
-    kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+    attention = mask
+    if branches is not None:
+        positions, attention = branch_inputs(mask, positions, branches, next(model.parameters()).dtype)
+    kwargs = dict(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
                   **extra, **cache, **({"use_cache": bool(cache)} if forward_takes(model, "use_cache") else {}))
     if replay is None:   # inside ``sharing_prefill`` (the evaluation), arms share the blocks below their steering
-        with sharing_forced_pass(model, ids, mask):
+        with sharing_forced_pass(model, ids, attention):
             return model(**kwargs).logits, ids, ran
     with (replay.recording(key) if start == RECORD else replay.replaying(key, start)):
         return model(**kwargs).logits, ids, ran
@@ -71,19 +77,27 @@ def batch_order(lengths: Sequence[int], batch_size: int, by_length: bool) -> lis
 def completion_logprobs(model, tokenizer, items: Sequence[tuple[str, str]], max_tokens: int = EFFECT_TOKENS,
                         batch_size: int = 16, replay: PrefixReplay | None = None, tag: str = "",
                         start: int | str | None = None, by_length: bool = False,
-                        prefix: PrefixPass | None = None, share_prefix: bool = False) -> torch.Tensor:
+                        prefix: PrefixPass | None = None, share_prefix: bool = False,
+                        branch: bool = False) -> torch.Tensor:
     """Mean log-probability of each completion's first ``max_tokens`` tokens given its prompt, [N].
     ``replay``/``tag``/``start``/``prefix``: see ``forward_rows`` (the batches of one ``tag`` must be the same every
     call, and so must the prefix's length); ``by_length``: batch rows of similar length (``batch_order``);
     ``share_prefix``: without a ``prefix``, run the tokens all the prompts start with once, as a prefix of this
-    call's own (``capture.shared_prefix.shared_tokens``; the same numbers to rounding)."""
+    call's own (``capture.shared_prefix.shared_tokens``; the same numbers to rounding); ``branch``: the completions
+    of one prompt in one row, after one copy of it, where the model allows (``branched_rows``; the same numbers to
+    rounding)."""
     encoded = [(encode_prompt(tokenizer, p), encode_completion(tokenizer, c)[:max_tokens]) for p, c in items]
     if any(not completion for _, completion in encoded):
         raise ValueError("every scored item needs a non-empty completion")
+    units = branch_units(model, encoded) if branch else None
     if share_prefix and prefix is None:
-        prefix = call_prefix(model, [p for p, _ in encoded], max_tokens)
+        extra = max(sum(len(encoded[i][1]) for i in unit) for unit in units) if units else max_tokens
+        prefix = call_prefix(model, [p for p, _ in encoded], extra)
     if prefix is not None and any(len(p) <= prefix.length for p, _ in encoded):
         raise ValueError("the shared prefix must leave every prompt at least its last token")
+    if units is not None:
+        return _branched_logprobs(model, tokenizer.pad_token_id, encoded, units, batch_size, replay, tag, start,
+                                  by_length, prefix)
     device = next(model.parameters()).device
     out = torch.zeros(len(items))
     keeps_last = forward_takes(model, "logits_to_keep")
@@ -99,6 +113,25 @@ def completion_logprobs(model, tokenizer, items: Sequence[tuple[str, str]], max_
         logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, -keep + 1:, None].to(device))[..., 0].cpu()
         for row, i in enumerate(batch):
             out[i] = logp[row, -len(encoded[i][1]):].mean()
+    return out
+
+
+def _branched_logprobs(model, pad_id: int, encoded: Sequence[tuple[list[int], list[int]]], units: list[list[int]],
+                       batch_size: int, replay: PrefixReplay | None, tag: str, start, by_length: bool,
+                       prefix: PrefixPass | None) -> torch.Tensor:
+    """:func:`completion_logprobs` with one row per unit: a prompt and its items' completions (``branched_rows``)."""
+    out = torch.zeros(len(encoded))
+    keeps_last = forward_takes(model, "logits_to_keep")
+    widths = [len(encoded[unit[0]][0]) + sum(len(encoded[i][1]) for i in unit) for unit in units]
+    for number, batch in enumerate(batch_order(widths, batch_size, by_length)):
+        lengths = [[len(encoded[i][1]) for i in units[k]] for k in batch]
+        rows = [encoded[units[k][0]][0] + [t for i in units[k] for t in encoded[i][1]] for k in batch]
+        keep = max(map(sum, lengths)) + 1
+        logits, ids, _ = forward_rows(model, rows, pad_id, replay, (tag, number), start, prefix, branches=lengths,
+                                      **({"logits_to_keep": keep} if keeps_last else {}))
+        logp = torch.log_softmax(logits.float(), -1)
+        for row, k in enumerate(batch):
+            out[units[k]] = branch_means(logp[row], ids[row], lengths[row]).cpu()
     return out
 
 
@@ -218,10 +251,14 @@ class HeldOutScorer:
     one-row pass under the same steering (``capture.shared_prefix``), and every batch runs its rows' own tokens
     after that pass's KV cache; the drift counts the prefix positions' KL once per neutral prompt. The same
     quantities as plain rows, rounded differently in the last digits (a one-row pass multiplies other shapes).
+
+    With ``branch`` (the default, where the model's attention allows it) a target's positive and negative
+    completion share one row after one copy of its prompt (``branched_rows``); rounded differently again.
     """
 
     def __init__(self, model, tokenizer, targets: Sequence[tuple[str, str, str | None]], neutral_prompts: Sequence[str],
-                 batch_size: int = 16, replay_layers: Sequence[int] = (), share_prefix: bool = True):
+                 batch_size: int = 16, replay_layers: Sequence[int] = (), share_prefix: bool = True,
+                 branch: bool = True):
         if not targets and not neutral_prompts:
             raise ValueError("held-out scoring needs target items or neutral prompts")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
@@ -230,6 +267,7 @@ class HeldOutScorer:
         self.neutral = list(neutral_prompts)
         self.replay = PrefixReplay(model, replay_layers) if replay_layers else None
         self.prefix_tokens = self._shared_prefix() if share_prefix else []
+        self.branched = branch and branch_units(model, self._encoded_targets()) is not None
         base_prefix = self._prefix()
         if base_prefix is None:
             self.prefix_tokens = []   # a cache form the shared prefix does not handle: score plain rows
@@ -242,6 +280,14 @@ class HeldOutScorer:
         encoded = [encode_prompt(self.tokenizer, p) for p in dict.fromkeys(self.prompts + self.neutral)]
         return shared_tokens(self.model, encoded, EFFECT_TOKENS)
 
+    def _target_items(self) -> list[tuple[str, str]]:
+        """Positives, then the negatives that exist."""
+        return list(zip(self.prompts, self.positives)) + [(self.prompts[i], self.negatives[i]) for i in self.paired]
+
+    def _encoded_targets(self) -> list[tuple[list[int], list[int]]]:
+        return [(encode_prompt(self.tokenizer, p), encode_completion(self.tokenizer, c)[:EFFECT_TOKENS])
+                for p, c in self._target_items()]
+
     def _prefix(self) -> PrefixPass | None:
         """The shared prefix run under the model's current steering, or None when nothing is shared."""
         if not self.prefix_tokens:
@@ -252,9 +298,9 @@ class HeldOutScorer:
         """Opening log-probabilities: positives [N], then the negatives that exist [len(paired)]."""
         if not self.prompts:   # drift only
             return torch.zeros(0)
-        items = list(zip(self.prompts, self.positives)) + [(self.prompts[i], self.negatives[i]) for i in self.paired]
-        return completion_logprobs(self.model, self.tokenizer, items, batch_size=self.batch_size,
-                                   replay=self.replay, tag="targets", start=start, by_length=True, prefix=prefix)
+        return completion_logprobs(self.model, self.tokenizer, self._target_items(), batch_size=self.batch_size,
+                                   replay=self.replay, tag="targets", start=start, by_length=True, prefix=prefix,
+                                   branch=self.branched)
 
     def _effects(self, start: int | None = None, prefix: PrefixPass | None = None) -> torch.Tensor:
         change = self._target_logprobs(start, prefix) - self.base_target
