@@ -201,6 +201,16 @@ class SteeredModel(nn.Module):
         return {layer: z for layer, (_, z) in per_layer.items()}
 
     @torch.no_grad()
+    def delta_sizes(self, **inputs) -> dict[int, torch.Tensor]:
+        """The largest entry of what the steering adds to each token's MLP output, ``max |delta|`` [batch, seq], at
+        every layer with neurons (0 where it is disabled). Where a row's sizes stay below rounding at every layer,
+        the steered model computes that row as the base model does: a caller measuring drift may skip it. One
+        pass, up to the last layer with neurons; an adapter with always-on vectors elsewhere needs more than this."""
+        def size(steering, x):
+            return steering(x).abs().amax(-1).float() if steering.enabled else x.new_zeros(x.shape[:-1]).float()
+        return {layer: values for layer, (_, values) in self._read_neurons(size, **inputs).items()}
+
+    @torch.no_grad()
     def openings(self, **inputs) -> dict[str, torch.Tensor]:
         """Per-token opening of every gated strategy, ``{strategy: [batch, seq]}``: 0 where it is silent,
         1 where it writes its full strength (after exclusive selection, if the adapter uses it).

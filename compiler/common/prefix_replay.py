@@ -114,10 +114,11 @@ class PrefixReplay:
         return self.usable and start is not None and start in self.stored.get(key, {})
 
     @contextmanager
-    def replaying(self, key: Hashable, start: int | None) -> Iterator[bool]:
+    def replaying(self, key: Hashable, start: int | None, rows: list[int] | None = None) -> Iterator[bool]:
         """Run this pass from layer ``start`` on the base hidden states recorded under ``key``; yields whether
         it does (else the pass runs in full, e.g. nothing recorded there). A caller's ``start`` above a block the
-        model has hooks in (steering the caller did not declare) is not trusted: the pass runs in full."""
+        model has hooks in (steering the caller did not declare) is not trusted: the pass runs in full. ``rows``:
+        this pass runs only those rows of the recorded batch, left padded to its own (narrower or equal) width."""
         if start is not None and start > unhooked_prefix(self.model):
             start = None
         if not self.can_replay(key, start):
@@ -125,12 +126,16 @@ class PrefixReplay:
             return
         blocks = decoder_layers(self.model)
         hidden = self.stored[key][start]
+        if rows is not None:
+            hidden = hidden[torch.as_tensor(rows, device=hidden.device)]
         originals = [blocks[i] for i in range(start)]
 
         def inject(module, args, kwargs):
+            width = (args[0] if args else kwargs["hidden_states"]).shape[1]   # the pass's own width
+            recorded = hidden[:, hidden.shape[1] - width:]   # left padded: the rows' tokens end every row
             if args:
-                return (hidden,) + tuple(args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": hidden}
+                return (recorded,) + tuple(args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": recorded}
 
         skip = PassThroughBlock()
         for i in range(start):

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from masteer.runtime import SteeredModel, SteeringAdapter
+from masteer.runtime.artifact import NEURON
 
 from ..common.prefix_replay import first_steered_layer
 from ..strategies.scoring import HeldOutScorer
@@ -69,8 +70,9 @@ class Applicability:
 def score_adapter(model, scorer: HeldOutScorer, adapter: SteeringAdapter) -> tuple[torch.Tensor, float]:
     """(per-sample effect, drift) of one adapter (a single strategy or a whole program) attached to ``model``."""
     steered = SteeredModel(model, adapter, check_fingerprint=False)
+    gated = bool(adapter.strategies) and all(s.kind == NEURON for s in adapter.strategies)
     try:
-        return scorer.score_samples(start=first_steered_layer(adapter))
+        return scorer.score_samples(start=first_steered_layer(adapter), gates=steered if gated else None)
     finally:
         steered.detach()
 
