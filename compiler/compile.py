@@ -629,7 +629,7 @@ def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: Compi
                 gates = [r.to_dict() for r in gate_reports(loaded.model, loaded.tokenizer, result.adapter, targets,
                                                            neutrals, max_new_tokens=max_new_tokens,
                                                            batch_size=options.batch_size, progress=options.progress,
-                                                           answers=refusal.responses.get(ADAPTIVE_ARM))]
+                                                           answers=answers)]
         report = None
         if suites:
             with timed(timings, "suites"):
