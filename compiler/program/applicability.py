@@ -13,6 +13,7 @@ samples where it moves the target and comes within ``margin`` of the best candid
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -67,14 +68,29 @@ class Applicability:
                 "wins": self.win_counts()}
 
 
-def score_adapter(model, scorer: HeldOutScorer, adapter: SteeringAdapter) -> tuple[torch.Tensor, float]:
-    """(per-sample effect, drift) of one adapter (a single strategy or a whole program) attached to ``model``."""
+@contextmanager
+def _attached(model, adapter: SteeringAdapter):
+    """``adapter`` attached to ``model`` for the block: yields its first steered layer (where a replaying scorer
+    starts) and the steered model when every strategy is a gated neuron (whose untouched rows drift skips)."""
     steered = SteeredModel(model, adapter, check_fingerprint=False)
     gated = bool(adapter.strategies) and all(s.kind == NEURON for s in adapter.strategies)
     try:
-        return scorer.score_samples(start=first_steered_layer(adapter), gates=steered if gated else None)
+        yield first_steered_layer(adapter), steered if gated else None
     finally:
         steered.detach()
+
+
+def score_adapter(model, scorer: HeldOutScorer, adapter: SteeringAdapter) -> tuple[torch.Tensor, float]:
+    """(per-sample effect, drift) of one adapter (a single strategy or a whole program) attached to ``model``."""
+    with _attached(model, adapter) as (start, gates):
+        return scorer.score_samples(start=start, gates=gates)
+
+
+def adapter_drift(model, scorer: HeldOutScorer, adapter: SteeringAdapter) -> float:
+    """The drift alone of ``adapter`` attached to ``model``: what :func:`score_adapter` gives without the targets'
+    pass, for callers that read no effect."""
+    with _attached(model, adapter) as (start, gates):
+        return scorer.score_drift(start=start, gates=gates)
 
 
 def measure(model, scorer: HeldOutScorer, adapters: Mapping[str, SteeringAdapter], sample_ids: Sequence[str],

@@ -53,7 +53,7 @@ from masteer.runtime.artifact import INDEPENDENT
 from ..capture.activations import COMPLETION, PROMPT_TAIL, Activations
 from ..strategies.algorithms import Proposal
 from .anchors import DEFAULT_FPR_BUDGET, Gate, fit_gate
-from .applicability import measure, score_adapter
+from .applicability import adapter_drift, measure, score_adapter
 from .steering_program import Program, ProgramStrategy, lower
 from ..samples.sample_set import NEUTRAL, TARGET, Sample
 from ..strategies.scoring import HeldOutScorer
@@ -326,7 +326,7 @@ def catch_step(ctx: ProgramContext, program: list[ProgramStrategy], behaviour: f
         trial = strategy_of(replace(candidate, name=f"{candidate.name}-{CATCH}"),
                             fit_catch_anchor(ctx, candidate.proposal.layer))
         adapter = program_adapter(ctx, program + [trial], selection)
-        _, drift = score_adapter(ctx.model, ctx.val_scorer, adapter)
+        drift = adapter_drift(ctx.model, ctx.val_scorer, adapter)
         row: dict = {"drift": round(drift, 5)}
         if drift <= ctx.budget:
             trial_fpr = ctx.neutral_fpr(adapter) if ctx.neutral_fpr else 0.0

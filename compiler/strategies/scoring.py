@@ -381,6 +381,17 @@ class HeldOutScorer:
                      else float("nan"))
         return effect, drift
 
+    def score_drift(self, steering: Callable[[], contextlib.AbstractContextManager] = nothing,
+                    start: int | None = None, gates=None) -> float:
+        """The drift alone (:meth:`score_samples` without the targets' pass): for a caller that reads no effect."""
+        if self.drift_reference is None:
+            raise ValueError("this scorer has no neutral prompts to measure drift on")
+        with steering():
+            prefix = self._prefix()
+            if self.prefix_tokens and prefix is None:
+                raise RuntimeError("the shared prefix's KV cache changed form under steering")
+            return self.drift_reference.drift(start, prefix, gates)
+
     def score(self, steering: Callable[[], contextlib.AbstractContextManager] = nothing,
               start: int | None = None) -> tuple[float, float]:
         """(mean effect, drift) while ``steering()`` is active on ``self.model``."""

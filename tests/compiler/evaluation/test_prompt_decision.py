@@ -160,3 +160,48 @@ def test_arms_of_the_same_content_are_scored_once_in_the_teacher_forced_table(co
     other.strategies[0].strength *= 2
     table = compile_driver.teacher_forced_table(loaded, result.samples, {**arms, "stronger": other}, 7, False)
     assert len(calls) == 3 and table["stronger"]["effect"] != table["adaptive"]["effect"]
+
+
+def test_the_frontier_reads_the_effect_tables_scorer_and_scores_no_content_twice(small_samples, monkeypatch):
+    """The effect table and the static frontier share one test scorer: the test neutral prompts' base passes run
+    once, the matched strength and the program are scored once, and every frontier KL is what a scorer of the test
+    neutral prompts alone gives."""
+    from masteer.compiler import compile as compile_driver
+    from masteer.compiler.compile import ADAPTIVE_ARM, evaluate_program
+    from masteer.compiler.program.applicability import adapter_drift
+    from masteer.compiler.strategies.scoring import HeldOutScorer
+    torch.set_num_threads(1)
+    loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny-llama")
+    options = CompileOptions(layers=(1, 2), samples_path=str(small_samples), progress=False, max_new_tokens=3,
+                             full_report=True)
+    adaptive = AdaptiveOptions(algorithms=("mean_difference", "pca"), keep_layers=1, budget=10.0)
+    result = compile_program(options, adaptive, loaded=loaded, log=lambda _: None)
+    result.static_match["tried"].append({"strength": 40.0, "val_target_refusal": 0.0})
+    built, scored, drifted = [], [], []
+
+    class Spy(HeldOutScorer):
+        def __init__(self, *args, **kwargs):
+            built.append(args[3])
+            super().__init__(*args, **kwargs)
+
+    real_score, real_drift = compile_driver.score_adapter, compile_driver.adapter_drift
+    monkeypatch.setattr(compile_driver, "HeldOutScorer", Spy)
+    monkeypatch.setattr(compile_driver, "score_adapter", lambda *a: scored.append(a[2]) or real_score(*a))
+    monkeypatch.setattr(compile_driver, "adapter_drift", lambda *a: drifted.append(a[2]) or real_drift(*a))
+    evaluation = evaluate_program(result, loaded, options, suites=False, log=lambda _: None)
+    assert len(built) == 1   # one scorer: its base passes over the test neutral prompts ran once
+    table_arms = {compile_driver.arm_key(a) for a in compile_driver.program_arms(result, single=True).values() if a}
+    assert len(scored) == len(table_arms)
+    rows = evaluation.frontier
+    matched = result.static_match["chosen_strength"]
+    assert len(drifted) == len(rows) - 2   # every strength but the matched one; the program's row from the table
+    assert all(compile_driver.arm_key(a) not in table_arms for a in drifted)
+    neutral = [s.prompt for s in result.samples.select(split="test", label="neutral")]
+    alone = HeldOutScorer(loaded.model, loaded.tokenizer, [], neutral, options.batch_size,
+                          replay_layers=compile_driver.arm_layers([result.static, result.adapter]))
+    for row in rows:
+        adapter = (result.adapter if row["arm"] == ADAPTIVE_ARM
+                   else compile_driver.at_strength(result.static, row["strength"]))
+        assert row["test_neutral_kl"] == pytest.approx(adapter_drift(loaded.model, alone, adapter), abs=1e-5)
+    assert next(r for r in rows if r["strength"] == matched)["test_neutral_kl"] == evaluation.teacher_forced["static"]["kl"]
+    assert len({r["test_neutral_kl"] for r in rows}) == len(rows)   # the strengths differ, so do their KLs
