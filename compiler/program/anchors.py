@@ -104,19 +104,34 @@ def logistic_probe(x: torch.Tensor, y: torch.Tensor, weight_decay: float = 1e-2,
     return w.detach() / scale
 
 
+@dataclass(frozen=True)
+class Readout:
+    """Steps 1-2 of the module docstring: the probe ``w`` and the constant direction ``c`` (float64). They depend
+    on the tokens alone; the threshold and unit also depend on the budget, so a gate refitted at another
+    false-positive budget on the same tokens reuses them (the search's anchor operating points)."""
+    probe: torch.Tensor
+    constant: torch.Tensor
+
+
+def fit_readout(positive: torch.Tensor, negative: torch.Tensor) -> Readout:
+    x = torch.cat([positive, negative]).double()
+    y = torch.cat([torch.ones(len(positive)), torch.zeros(len(negative))]).double()
+    return Readout(probe=logistic_probe(x, y).double(), constant=constant_direction(x))
+
+
 def fit_gate(positive: torch.Tensor, negative: torch.Tensor, host_form: str,
              fpr_budget: float = DEFAULT_FPR_BUDGET, kappa: float = DEFAULT_KAPPA, seed: int = 0,
-             also_shut: tuple[torch.Tensor, ...] = ()) -> Gate:
+             also_shut: tuple[torch.Tensor, ...] = (), readout: Readout | None = None) -> Gate:
     """Fit a gate that fires on ``positive`` tokens and stays silent on ``negative`` ones.
 
     ``also_shut``: subsets of the negatives on which the false-positive budget must hold *by itself* (the
     threshold is the largest of their quantiles and the overall one): a small subset such as the last
-    tokens of neutral prompts would otherwise be swamped by thousands of easy tokens."""
+    tokens of neutral prompts would otherwise be swamped by thousands of easy tokens. ``readout``: what
+    :func:`fit_readout` gave for these same tokens (fitted here when None)."""
     torch.manual_seed(seed)
+    readout = readout or fit_readout(positive, negative)
+    w, c = readout.probe, readout.constant
     x = torch.cat([positive, negative]).double()
-    y = torch.cat([torch.ones(len(positive)), torch.zeros(len(negative))]).double()
-    w = logistic_probe(x, y).double()
-    c = constant_direction(x)
     pos_scores, neg_scores = positive.double() @ w, negative.double() @ w
     threshold = max([float(torch.quantile(neg_scores, 1.0 - fpr_budget))]
                     + [float(torch.quantile(subset.double() @ w, 1.0 - fpr_budget)) for subset in also_shut

@@ -52,7 +52,7 @@ from masteer.runtime.artifact import INDEPENDENT
 
 from ..capture.activations import COMPLETION, PROMPT_TAIL, Activations
 from ..strategies.algorithms import Proposal
-from .anchors import DEFAULT_FPR_BUDGET, Gate, fit_gate
+from .anchors import DEFAULT_FPR_BUDGET, Gate, fit_gate, fit_readout
 from .applicability import adapter_drift, measure, score_adapter
 from .steering_program import Program, ProgramStrategy, lower
 from ..samples.sample_set import NEUTRAL, TARGET, Sample
@@ -127,6 +127,8 @@ class ProgramContext:
     # every training target a base anchor opens on (``train_ids``, the targets applicability is scored on, is
     # capped for time; an anchor fitted on that cap alone saw a fifth of the training set); empty: train_ids
     anchor_ids: Sequence[str] = ()
+    # (layer, fire_on, avoid) -> the anchor's read-out on those tokens: a refit at another operating point reuses it
+    readouts: dict = field(default_factory=dict)
 
     def sequences_of(self, sample_ids: set[str], split: str) -> list[int]:
         """Sequences of these samples that show the prompt and, if any, the desired completion."""
@@ -147,8 +149,13 @@ def fit_anchor(ctx: ProgramContext, layer: int, fire_on: list[int], avoid: list[
                fpr_budget: float = DEFAULT_FPR_BUDGET) -> Gate:
     """Open on the prompt tail and desired completion of ``fire_on``; shut on every token of ``avoid`` (all but
     ``fpr_budget`` of them)."""
-    return fit_gate(ctx.acts.tokens_of(fire_on, layer, kinds=(PROMPT_TAIL, COMPLETION)),
-                    ctx.acts.tokens_of(avoid, layer), ctx.host_form, seed=ctx.seed, fpr_budget=fpr_budget)
+    positive = ctx.acts.tokens_of(fire_on, layer, kinds=(PROMPT_TAIL, COMPLETION))
+    negative = ctx.acts.tokens_of(avoid, layer)
+    key = (layer, tuple(fire_on), tuple(avoid))
+    if key not in ctx.readouts:
+        ctx.readouts[key] = fit_readout(positive, negative)
+    return fit_gate(positive, negative, ctx.host_form, seed=ctx.seed, fpr_budget=fpr_budget,
+                    readout=ctx.readouts[key])
 
 
 def strategy_of(candidate: Candidate, gate: Gate, strength: float | None = None) -> ProgramStrategy:

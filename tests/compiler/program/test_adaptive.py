@@ -540,3 +540,21 @@ def test_base_anchors_are_fitted_once_per_layer_and_each_candidate_owns_its_copy
     for gate in gates:
         assert torch.equal(gate.probe, fresh.probe) and torch.equal(gate.constant, fresh.constant)
         assert (gate.threshold, gate.unit) == (fresh.threshold, fresh.unit)
+
+
+def test_the_anchor_operating_points_reuse_the_read_out_of_their_tokens(small_samples, monkeypatch):
+    """The winner's anchor refitted at the other ``ANCHOR_BUDGETS`` sees the tokens it was fitted on: its probe
+    and constant direction are fitted once per (layer, token sets); ``test_anchors`` shows a refit from a reused
+    read-out equals a fresh fit."""
+    from masteer.compiler import compile as compile_driver
+    readouts, gates, captured = [], [], {}
+    real_readout, real_gate, real_build = search_module.fit_readout, search_module.fit_gate, compile_driver.build_program
+    monkeypatch.setattr(search_module, "fit_readout", lambda *a: readouts.append(a) or real_readout(*a))
+    monkeypatch.setattr(search_module, "fit_gate", lambda *a, **k: gates.append((a, k)) or real_gate(*a, **k))
+    monkeypatch.setattr(compile_driver, "build_program", lambda ctx, *a, **k: captured.update(ctx=ctx) or real_build(ctx, *a, **k))
+    monkeypatch.setattr(compile_driver, "behaviour_score", lambda *a: lambda adapter: 0.5)
+    monkeypatch.setattr(search_module, "MIN_SPECIALISED", 1)   # a random model helps few targets: specialise anyway
+    _, result = run(small_samples)
+    refits = [r for r in result.search.start_scores if "@" in r["anchor"]]
+    assert len(refits) == len(search_module.ANCHOR_BUDGETS) - 1
+    assert len(readouts) == len(captured["ctx"].readouts) == len(gates) - len(refits)
