@@ -53,7 +53,7 @@ from .common.batching import generation_batch
 from .common.models import LoadedModel, load_model
 from .common.names import SELECTION_EXACT
 from .common.selection_model import selection_model
-from .capture.cache import BaseArmCache, arm_key, stored_results_name, stored_results_root
+from .capture.cache import BaseArmCache, ResultCache, arm_key, stored_results_name, stored_results_root
 from .common.prefix_replay import first_steered_layer
 from .capture.prefill_sharing import sharing_prefill
 from .pipeline import (REPORT_NAME, SAMPLES_NAME, CompileOptions, _prepare, add_static, anchor_negatives,
@@ -158,16 +158,18 @@ def candidates_from(rows: Sequence[StrategyRow], proposals: dict, recipe: Recipe
     return out
 
 
-def behaviour_score(recipe: Recipe, loaded: LoadedModel, val: Sequence[Sample], options: CompileOptions):
+def behaviour_score(recipe: Recipe, loaded: LoadedModel, val: Sequence[Sample], options: CompileOptions,
+                    cache=None):
     """For a refusal-metric recipe, an adapter's val refusal gap (targets minus neutral prompts, short greedy
-    answers, judged) to pick the program's first strategy; other metrics: None (val log-odds decide)."""
+    answers, judged) to pick the program's first strategy; other metrics: None (val log-odds decide).
+    ``cache``: where the answers go (``evaluation.ResultCache``), for later stages to read."""
     if recipe.evaluation.metric != "refusal":
         return None
     groups = {TARGET: [s for s in val if s.label == TARGET], NEUTRAL: [s for s in val if s.label == NEUTRAL]}
     quiet = replace(options, progress=False)
 
     def score(adapter: SteeringAdapter) -> float:
-        rates = val_rates(loaded, adapter, groups, quiet)
+        rates = val_rates(loaded, adapter, groups, quiet, cache)
         return rates[TARGET] - rates[NEUTRAL]
     return score
 
@@ -295,6 +297,9 @@ def compile_program(options: CompileOptions, preset: AdaptiveOptions | SingleStr
     log(f"selection precision: {precision}" + (" (a bfloat16 copy scores and generates to choose; the evaluation "
                                                 "measures the model as loaded)" if chooser is not loaded else ""))
     model, tokenizer = chooser.model, chooser.tokenizer
+    # the search's greedy val answers, kept: the static matching reads the program's from here (the model as loaded
+    # only: a bfloat16 chooser answers otherwise)
+    val_answers = ResultCache()
     with sharing_prefill(model, layers):   # every val generation shares its prompt prefill below the layer
         base = new_adapter(loaded, samples, recipe)
         val_pairs = (seqs.indices("positive", paired=True, split="val"), seqs.indices("negative", paired=True, split="val"))
@@ -325,7 +330,8 @@ def compile_program(options: CompileOptions, preset: AdaptiveOptions | SingleStr
                              anchor_ids=[s.id for s in samples.select(split="train", label=TARGET)],
                              val_scorer=val_scorer,
                              val_ids=val_ids, budget=adaptive.budget,
-                             start_score=behaviour_score(recipe, chooser, val, options),
+                             start_score=behaviour_score(recipe, chooser, val, options,
+                                                         val_answers if chooser is loaded else None),
                              catch_pool=catch_pool(rows, proposals, recipe, strength) if adaptive.catch else (),
                              # gate openings compare activations with thresholds: counted on the model as loaded,
                              # which is what the adapter runs on (a bfloat16 copy moves prompts across them)
@@ -344,7 +350,7 @@ def compile_program(options: CompileOptions, preset: AdaptiveOptions | SingleStr
     if chosen_static is not None and options.evaluate:
         with sharing_prefill(loaded.model, layers):
             val_groups = {TARGET: samples.select(split="val", label=TARGET)}
-            adaptive_rate = val_rates(loaded, adapter, val_groups, options)[TARGET]
+            adaptive_rate = val_rates(loaded, adapter, val_groups, options, val_answers)[TARGET]
             static, match = match_static(loaded, base, proposals[(chosen_static.algorithm, chosen_static.layer)],
                                          adaptive_rate, val_groups, options, strength, log)
             match["strategy"] = f"{chosen_static.algorithm}-L{chosen_static.layer}"
@@ -612,7 +618,7 @@ def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: Compi
     with ``options.full_report``) also the program decided per prompt and its first strategy alone beside it,
     fluency, teacher-forced effect and KL, gate reports and the static frontier (``frontier``); then
     (``suites``) the evaluation suites with bootstrap intervals for base, static, adaptive."""
-    from .evaluation import ResultCache, evaluate_compile, evaluate_refusal
+    from .evaluation import evaluate_compile, evaluate_refusal
     from .evaluation.prompt_decision import decided_per_prompt
     detail = (result.preset == ADAPTIVE_PRESET and options.full_report) if detail is None else detail
     recipe, samples = result.recipe, result.samples
@@ -820,7 +826,7 @@ PREVIOUS_ARM, MERGED_ARM = "previous", "merged"
 def evaluate_added(added: AddedIssue, loaded: LoadedModel, options: CompileOptions) -> dict:
     """Held-out numbers for an added issue: the new issue moves (base vs previous vs merged), and every
     earlier issue does not (previous vs merged on its own test split: no cross-talk)."""
-    from .evaluation import ResultCache, evaluate_refusal, within_interval_rows
+    from .evaluation import evaluate_refusal, within_interval_rows
     arms = {BASE_ARM: None, PREVIOUS_ARM: added.previous, MERGED_ARM: added.merged}
     cache = ResultCache()
     out = {}

@@ -203,11 +203,12 @@ def add_static(adapter: SteeringAdapter, recipe: Recipe, proposal: Proposal, str
 
 
 def val_rates(loaded: LoadedModel, adapter: SteeringAdapter | None, val: dict[str, list[Sample]],
-              options: CompileOptions) -> dict[str, float]:
-    """Judged refusal rates of short greedy answers to the val prompts, by label."""
+              options: CompileOptions, cache=None) -> dict[str, float]:
+    """Judged refusal rates of short greedy answers to the val prompts, by label; answers already in ``cache``
+    (an ``evaluation.ResultCache``; None: a fresh one) are read, not generated."""
     evaluation = evaluate_refusal(loaded.model, loaded.tokenizer, {"arm": adapter}, val, {},
                                   max_new_tokens=SELECTION_TOKENS, batch_size=generation_batch(options.batch_size),
-                                  progress=options.progress)
+                                  progress=options.progress, cache=cache)
     return {g.group: g.rates["arm"] for g in evaluation.groups}
 
 

@@ -558,3 +558,34 @@ def test_the_anchor_operating_points_reuse_the_read_out_of_their_tokens(small_sa
     refits = [r for r in result.search.start_scores if "@" in r["anchor"]]
     assert len(refits) == len(search_module.ANCHOR_BUDGETS) - 1
     assert len(readouts) == len(captured["ctx"].readouts) == len(gates) - len(refits)
+
+
+def test_the_static_matching_reads_the_programs_val_answers_from_the_search(small_samples, monkeypatch):
+    """The behaviour score generated the program's val answers; the static matching's program rate reads them
+    (the same model, prompts and greedy settings) instead of generating them again. A bfloat16 chooser answers
+    otherwise, so there the matching generates on the model as loaded."""
+    from masteer.compiler import compile as compile_driver
+    from masteer.compiler.capture.cache import arm_key
+    calls = []
+    real = compile_driver.val_rates
+
+    def spy(loaded, adapter, groups, options, cache=None):
+        before = len(cache) if cache is not None else None
+        rates = real(loaded, adapter, groups, options, cache)
+        calls.append((adapter, set(groups), before, len(cache) if cache is not None else None))
+        return rates
+    monkeypatch.setattr(compile_driver, "val_rates", spy)
+    for precision, generated in (("exact", False), ("bf16", True)):
+        calls.clear()
+        torch.set_num_threads(1)
+        loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny-llama")
+        options = CompileOptions(layers=(1, 2), samples_path=str(small_samples), progress=False, max_new_tokens=3,
+                                 selection_precision=precision)
+        adaptive = AdaptiveOptions(algorithms=("mean_difference", "pca"), keep_layers=1, budget=10.0)
+        result = compile_program(options, adaptive, loaded=loaded, log=lambda _: None)
+        program = [c for c in calls if c[0] is result.adapter]
+        assert len(program) == 1 and program[0][1] == {"target"}   # the matching's program rate
+        _, _, before, after = program[0]
+        assert (after > before) is generated, (precision, before, after)
+        if not generated:   # the search judged that same content on val
+            assert any(arm_key(c[0]) == arm_key(result.adapter) and c[1] == {"target", "neutral"} for c in calls)
