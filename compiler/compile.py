@@ -499,18 +499,24 @@ class TestScoring:
 
     The effect table and the static frontier both read it: each had built its own, paying the base passes over
     every test neutral prompt twice and scoring the matched static strength and the program twice (measured on the
-    adaptive end-to-end compile: 26 of the frontier's 171 s). ``scorer`` is None when the test split has no
-    neutral prompt; ``targets=False`` scores drift alone."""
+    adaptive end-to-end compile: 26 of the frontier's 171 s). ``targets=False`` scores drift alone."""
 
     def __init__(self, loaded: LoadedModel, samples: SampleSet, layers: Sequence[int], batch_size: int,
                  targets: bool = True):
         self.model, self.layers = loaded.model, list(layers)
         self.items = applicability_targets(samples.select(split="test"), limit=TEST_EFFECT_ITEMS)[0] if targets else []
         self.neutral = [s.prompt for s in samples.select(split="test", label=NEUTRAL)]
-        self.scorer = HeldOutScorer(loaded.model, loaded.tokenizer, self.items, self.neutral, batch_size,
-                                    replay_layers=self.layers) if self.neutral else None
+        self._loaded, self._batch_size, self._scorer = loaded, batch_size, None
         self.scored: dict[str, dict] = {}   # arm_key -> effect and KL
         self.kls: dict[str, float] = {}     # arm_key -> KL, for adapters scored for drift alone
+
+    @property
+    def scorer(self) -> HeldOutScorer | None:
+        """Made on first use (its base passes are the cost): None without test neutral prompts."""
+        if self._scorer is None and self.neutral:
+            self._scorer = HeldOutScorer(self._loaded.model, self._loaded.tokenizer, self.items, self.neutral,
+                                         self._batch_size, replay_layers=self.layers)
+        return self._scorer
 
     def arm(self, adapter: SteeringAdapter) -> dict:
         """Mean effect on the test targets and KL on the test neutral prompts (scored once per content)."""
@@ -536,7 +542,7 @@ def teacher_forced_table(loaded: LoadedModel, samples: SampleSet, arms: dict, ba
     """Mean effect on (at most ``TEST_EFFECT_ITEMS`` of) the test targets and mean next-token KL from the base model
     on every test neutral prompt; ``scoring``: the evaluation's shared scorer (made here when None)."""
     scoring = scoring or TestScoring(loaded, samples, arm_layers(arms.values()), batch_size)
-    if not scoring.items or scoring.scorer is None:
+    if not scoring.items or not scoring.neutral:
         return {}
     table = {}
     for arm, adapter in arms.items():
@@ -587,7 +593,7 @@ def static_frontier(result: ProgramCompile, loaded: LoadedModel, groups: dict[st
         row = {"arm": "static" if value is not None else ADAPTIVE_ARM, "strength": value,
                "val_target_refusal": tried.get(value)}
         row.update({f"test_{d}": round(refusal.pooled(d, arm), 4) for d in dict.fromkeys(directions.values())})
-        row["test_neutral_kl"] = scoring.kl(adapter) if scoring.scorer is not None else None
+        row["test_neutral_kl"] = scoring.kl(adapter) if scoring.neutral else None
         row["prompts"] = sum(len(m) for m in written.values())
         rows.append(row)
     return rows
