@@ -494,7 +494,7 @@ def program_arms(result: ProgramCompile, single: bool = True) -> dict[str, Steer
     return arms
 
 
-class TestScoring:
+class ArmScoring:
     """The test split's teacher-forced scorer, built once per evaluation, and what it measured per adapter content.
 
     The effect table and the static frontier both read it: each had built its own, paying the base passes over
@@ -538,10 +538,10 @@ class TestScoring:
 
 
 def teacher_forced_table(loaded: LoadedModel, samples: SampleSet, arms: dict, batch_size: int,
-                         progress: bool, scoring: TestScoring | None = None) -> dict[str, dict[str, float]]:
+                         progress: bool, scoring: ArmScoring | None = None) -> dict[str, dict[str, float]]:
     """Mean effect on (at most ``TEST_EFFECT_ITEMS`` of) the test targets and mean next-token KL from the base model
     on every test neutral prompt; ``scoring``: the evaluation's shared scorer (made here when None)."""
-    scoring = scoring or TestScoring(loaded, samples, arm_layers(arms.values()), batch_size)
+    scoring = scoring or ArmScoring(loaded, samples, arm_layers(arms.values()), batch_size)
     if not scoring.items or not scoring.neutral:
         return {}
     table = {}
@@ -571,7 +571,7 @@ def timed(timings: dict[str, float], name: str):
 
 def static_frontier(result: ProgramCompile, loaded: LoadedModel, groups: dict[str, list[Sample]],
                     directions: dict[str, str], max_new_tokens: int, options: CompileOptions, cache,
-                    scoring: TestScoring | None = None) -> list[dict]:
+                    scoring: ArmScoring | None = None) -> list[dict]:
     """The matched static strategy on test at every strength the matching tried, and the program beside it on
     the same prompts (its last row): judged refusal pooled by direction on the test prompts as written (one
     form per source item, to save time; the program's answers come from the cache) and next-token KL on every
@@ -587,7 +587,7 @@ def static_frontier(result: ProgramCompile, loaded: LoadedModel, groups: dict[st
                                directions, max_new_tokens=max_new_tokens,
                                batch_size=generation_batch(options.batch_size), progress=options.progress, cache=cache)
     if scoring is None or not set(arm_layers(arms.values())) <= set(scoring.layers):
-        scoring = TestScoring(loaded, result.samples, arm_layers(arms.values()), options.batch_size, targets=False)
+        scoring = ArmScoring(loaded, result.samples, arm_layers(arms.values()), options.batch_size, targets=False)
     rows = []
     for (arm, adapter), value in zip(arms.items(), sorted(tried) + [None]):
         row = {"arm": "static" if value is not None else ADAPTIVE_ARM, "strength": value,
@@ -654,7 +654,7 @@ def evaluate_program(result: ProgramCompile, loaded: LoadedModel, options: Compi
             with timed(timings, "fluency"):
                 fluent = answer_fluency(loaded, refusal, groups, options.batch_size)
             with timed(timings, "teacher_forced"):
-                scoring = TestScoring(loaded, samples, arm_layers(arms.values()), options.batch_size)
+                scoring = ArmScoring(loaded, samples, arm_layers(arms.values()), options.batch_size)
                 forced = teacher_forced_table(loaded, samples, arms, options.batch_size, options.progress, scoring)
             if frontier:
                 with timed(timings, "static_frontier"):

@@ -118,7 +118,7 @@ def test_a_catch_strategy_is_refitted_without_the_family(small_samples, tmp_path
     library did not keep: leave-one-family-out refits its anchor without the family instead of failing."""
     from masteer.compiler import compile as compile_driver, lofo
 
-    def prefer_catch(recipe, loaded, val, options):
+    def prefer_catch(recipe, loaded, val, options, cache=None):
         return lambda adapter: float(any(s.strategy.endswith("-catch") for s in adapter.strategies))
     torch.set_num_threads(1)
     loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny-llama")

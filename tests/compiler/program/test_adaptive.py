@@ -97,7 +97,7 @@ def test_a_behaviour_score_picks_the_start_strategy_and_its_anchor(small_samples
     from masteer.compiler import compile as compile_driver
     scored = []
 
-    def fake_score(recipe, loaded, val, options):
+    def fake_score(recipe, loaded, val, options, cache=None):
         def score(adapter):   # prefers pca, whatever the val log-odds say
             if len({s.strategy for s in adapter.strategies}) == 1:   # the start's trials, not the catch step's
                 scored.append(adapter.strategies[0].strategy)
@@ -121,7 +121,7 @@ def test_only_the_shortlist_of_largest_val_effects_is_judged(small_samples, monk
     from masteer.compiler import compile as compile_driver
     judged = []
 
-    def fake_score(recipe, loaded, val, options):
+    def fake_score(recipe, loaded, val, options, cache=None):
         def score(adapter):
             judged.append(adapter.strategies[0].strategy)
             return 1.0 if "pca" in adapter.strategies[0].strategy else 0.0
@@ -447,7 +447,7 @@ def _prefer_catch(monkeypatch, calls=None):
     """A behaviour score that rewards a program carrying a catch strategy (a random model refuses nothing)."""
     from masteer.compiler import compile as compile_driver
 
-    def fake_score(recipe, loaded, val, options):
+    def fake_score(recipe, loaded, val, options, cache=None):
         def score(adapter):
             names = [s.strategy for s in adapter.strategies]
             if calls is not None:
