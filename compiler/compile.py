@@ -503,7 +503,7 @@ class ArmScoring:
 
     def __init__(self, loaded: LoadedModel, samples: SampleSet, layers: Sequence[int], batch_size: int,
                  targets: bool = True):
-        self.model, self.layers = loaded.model, list(layers)
+        self.layers = list(layers)
         self.items = applicability_targets(samples.select(split="test"), limit=TEST_EFFECT_ITEMS)[0] if targets else []
         self.neutral = [s.prompt for s in samples.select(split="test", label=NEUTRAL)]
         self._loaded, self._batch_size, self._scorer = loaded, batch_size, None
@@ -522,7 +522,7 @@ class ArmScoring:
         """Mean effect on the test targets and KL on the test neutral prompts (scored once per content)."""
         key = arm_key(adapter)
         if key not in self.scored:
-            effect, kl = score_adapter(self.model, self.scorer, adapter)
+            effect, kl = score_adapter(self._loaded.model, self.scorer, adapter)
             self.scored[key] = {"effect": round(float(effect.mean()), 4), "kl": round(kl, 5),
                                 "targets": len(self.items), "neutral_prompts": len(self.neutral)}
         return dict(self.scored[key])
@@ -533,7 +533,7 @@ class ArmScoring:
         if key in self.scored:
             return self.scored[key]["kl"]
         if key not in self.kls:
-            self.kls[key] = round(adapter_drift(self.model, self.scorer, adapter), 5)
+            self.kls[key] = round(adapter_drift(self._loaded.model, self.scorer, adapter), 5)
         return self.kls[key]
 
 

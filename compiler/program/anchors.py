@@ -49,6 +49,15 @@ class GateNeuron:
     sign: float
 
 
+@dataclass(frozen=True)
+class Readout:
+    """Steps 1-2 of the module docstring: the probe ``w`` and the constant direction ``c`` (float64). They depend
+    on the tokens alone; the threshold and unit also depend on the budget, so a gate refitted at another
+    false-positive budget on the same tokens reuses them (the search's anchor operating points)."""
+    probe: torch.Tensor
+    constant: torch.Tensor
+
+
 @dataclass
 class Gate:
     """A fitted gate in host form (a two-neuron ramp), plus what is needed to report on it."""
@@ -61,6 +70,7 @@ class Gate:
     unit: float                      # m
     kappa: float
     stats: dict = field(default_factory=dict)
+    readout: Readout | None = field(default=None, repr=False, compare=False)   # w and c in float64, for refits
 
     def anchor(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised anchor score a(x) as the host computes it: > 0 where the strategy fires, 1 = full."""
@@ -104,18 +114,9 @@ def logistic_probe(x: torch.Tensor, y: torch.Tensor, weight_decay: float = 1e-2,
     return w.detach() / scale
 
 
-@dataclass(frozen=True)
-class Readout:
-    """Steps 1-2 of the module docstring: the probe ``w`` and the constant direction ``c`` (float64). They depend
-    on the tokens alone; the threshold and unit also depend on the budget, so a gate refitted at another
-    false-positive budget on the same tokens reuses them (the search's anchor operating points)."""
-    probe: torch.Tensor
-    constant: torch.Tensor
-
-
-def fit_readout(positive: torch.Tensor, negative: torch.Tensor) -> Readout:
-    x = torch.cat([positive, negative]).double()
-    y = torch.cat([torch.ones(len(positive)), torch.zeros(len(negative))]).double()
+def _readout(x: torch.Tensor, n_positive: int) -> Readout:
+    """The read-out of ``x`` (float64), whose first ``n_positive`` rows are the tokens to fire on."""
+    y = torch.cat([torch.ones(n_positive), torch.zeros(len(x) - n_positive)]).double()
     return Readout(probe=logistic_probe(x, y).double(), constant=constant_direction(x))
 
 
@@ -126,12 +127,12 @@ def fit_gate(positive: torch.Tensor, negative: torch.Tensor, host_form: str,
 
     ``also_shut``: subsets of the negatives on which the false-positive budget must hold *by itself* (the
     threshold is the largest of their quantiles and the overall one): a small subset such as the last
-    tokens of neutral prompts would otherwise be swamped by thousands of easy tokens. ``readout``: what
-    :func:`fit_readout` gave for these same tokens (fitted here when None)."""
+    tokens of neutral prompts would otherwise be swamped by thousands of easy tokens. ``readout``: the
+    ``Gate.readout`` of a gate fitted on these same tokens (fitted here when None)."""
     torch.manual_seed(seed)
-    readout = readout or fit_readout(positive, negative)
-    w, c = readout.probe, readout.constant
     x = torch.cat([positive, negative]).double()
+    readout = readout or _readout(x, len(positive))
+    w, c = readout.probe, readout.constant
     pos_scores, neg_scores = positive.double() @ w, negative.double() @ w
     threshold = max([float(torch.quantile(neg_scores, 1.0 - fpr_budget))]
                     + [float(torch.quantile(subset.double() @ w, 1.0 - fpr_budget)) for subset in also_shut
@@ -149,7 +150,7 @@ def fit_gate(positive: torch.Tensor, negative: torch.Tensor, host_form: str,
     neurons = tuple(_host_neuron(role, shift, sign, w, c, threshold, unit, kappa, host_form)
                     for role, shift, sign in (("open", 0.0, 1.0), ("cap", 1.0, -1.0)))
     return Gate(neurons=neurons, host_form=host_form, output_scale=1.0 if host_form == GATED else 1.0 / kappa, probe=w.float(),
-                constant=c.float(), threshold=threshold, unit=unit, kappa=kappa, stats=stats)
+                constant=c.float(), threshold=threshold, unit=unit, kappa=kappa, stats=stats, readout=readout)
 
 
 def _host_neuron(role: str, shift: float, sign: float, w: torch.Tensor, c: torch.Tensor, threshold: float,

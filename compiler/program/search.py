@@ -52,7 +52,7 @@ from masteer.runtime.artifact import INDEPENDENT
 
 from ..capture.activations import COMPLETION, PROMPT_TAIL, Activations
 from ..strategies.algorithms import Proposal
-from .anchors import DEFAULT_FPR_BUDGET, Gate, fit_gate, fit_readout
+from .anchors import DEFAULT_FPR_BUDGET, Gate, fit_gate
 from .applicability import adapter_drift, measure, score_adapter
 from .steering_program import Program, ProgramStrategy, lower
 from ..samples.sample_set import NEUTRAL, TARGET, Sample
@@ -152,10 +152,10 @@ def fit_anchor(ctx: ProgramContext, layer: int, fire_on: list[int], avoid: list[
     positive = ctx.acts.tokens_of(fire_on, layer, kinds=(PROMPT_TAIL, COMPLETION))
     negative = ctx.acts.tokens_of(avoid, layer)
     key = (layer, tuple(fire_on), tuple(avoid))
-    if key not in ctx.readouts:
-        ctx.readouts[key] = fit_readout(positive, negative)
-    return fit_gate(positive, negative, ctx.host_form, seed=ctx.seed, fpr_budget=fpr_budget,
-                    readout=ctx.readouts[key])
+    gate = fit_gate(positive, negative, ctx.host_form, seed=ctx.seed, fpr_budget=fpr_budget,
+                    readout=ctx.readouts.get(key))
+    ctx.readouts.setdefault(key, gate.readout)
+    return gate
 
 
 def strategy_of(candidate: Candidate, gate: Gate, strength: float | None = None) -> ProgramStrategy:

@@ -351,6 +351,13 @@ class HeldOutScorer:
             return None
         return run_prefix(self.model, self.prefix_tokens, logprobs=bool(self.neutral))
 
+    def _steered_prefix(self) -> PrefixPass | None:
+        """:meth:`_prefix` under the steering the caller has just entered: it must keep the base pass's form."""
+        prefix = self._prefix()
+        if self.prefix_tokens and prefix is None:
+            raise RuntimeError("the shared prefix's KV cache changed form under steering")
+        return prefix
+
     def _target_logprobs(self, start: int | str | None = None, prefix: PrefixPass | None = None) -> torch.Tensor:
         """Opening log-probabilities: positives [N], then the negatives that exist [len(paired)]."""
         if not self.prompts:   # drift only
@@ -373,9 +380,7 @@ class HeldOutScorer:
         ``gates``: the steered model when its only steering is gated neurons (``NeutralDrift`` skips untouched
         rows)."""
         with steering():
-            prefix = self._prefix()
-            if self.prefix_tokens and prefix is None:
-                raise RuntimeError("the shared prefix's KV cache changed form under steering")
+            prefix = self._steered_prefix()
             effect = self._effects(start, prefix)
             drift = (self.drift_reference.drift(start, prefix, gates) if self.drift_reference is not None
                      else float("nan"))
@@ -387,10 +392,7 @@ class HeldOutScorer:
         if self.drift_reference is None:
             raise ValueError("this scorer has no neutral prompts to measure drift on")
         with steering():
-            prefix = self._prefix()
-            if self.prefix_tokens and prefix is None:
-                raise RuntimeError("the shared prefix's KV cache changed form under steering")
-            return self.drift_reference.drift(start, prefix, gates)
+            return self.drift_reference.drift(start, self._steered_prefix(), gates)
 
     def score(self, steering: Callable[[], contextlib.AbstractContextManager] = nothing,
               start: int | None = None) -> tuple[float, float]:

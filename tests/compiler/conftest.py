@@ -27,3 +27,26 @@ def small_samples(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("samples") / "small.jsonl"
     SampleSet(issue=full.issue, recipe=full.recipe, samples=kept, meta=full.meta).save(path)
     return path
+
+
+@pytest.fixture
+def tiny_compile(small_samples):
+    """A callable: the adaptive compile of ``small_samples`` on a fresh tiny Llama (mean difference and PCA at
+    layers 1-2, a loose drift budget: a random model drifts a lot) with these ``CompileOptions`` on top of the
+    defaults; returns (loaded, options, result)."""
+    import torch
+
+    from tiny_models import byte_tokenizer, tiny_chat_model
+
+    from masteer.compiler.common.models import LoadedModel
+    from masteer.compiler.compile import AdaptiveOptions, compile_program
+    from masteer.compiler.pipeline import CompileOptions
+
+    def run(**overrides):
+        torch.set_num_threads(1)
+        loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny-llama")
+        options = CompileOptions(**{"layers": (1, 2), "samples_path": str(small_samples), "progress": False,
+                                    "max_new_tokens": 3, **overrides})
+        adaptive = AdaptiveOptions(algorithms=("mean_difference", "pca"), keep_layers=1, budget=10.0)
+        return loaded, options, compile_program(options, adaptive, loaded=loaded, log=lambda _: None)
+    return run

@@ -100,16 +100,12 @@ def test_a_route_to_an_unknown_adapter_is_named():
         Routed(adapters={"here": None}, route={"a prompt": "gone"})
 
 
-def test_the_compile_measures_the_per_prompt_arm_and_the_static_frontier_on_test(small_samples):
+def test_the_compile_measures_the_per_prompt_arm_and_the_static_frontier_on_test(tiny_compile):
     """The whole evaluation on a tiny compile: the table has the per-prompt arm, and the static frontier has
     one row per strength the matching tried, each agreeing with that strength measured on its own."""
     from masteer.compiler.compile import (ADAPTIVE_ARM, PER_PROMPT_ARM, evaluate_program, frontier_markdown,
                                                    summary_markdown)
-    torch.set_num_threads(1)
-    loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny-llama")
-    options = CompileOptions(layers=(1, 2), samples_path=str(small_samples), progress=False, max_new_tokens=3)
-    adaptive = AdaptiveOptions(algorithms=("mean_difference", "pca"), keep_layers=1, budget=10.0)
-    result = compile_program(options, adaptive, loaded=loaded, log=lambda _: None)
+    loaded, options, result = tiny_compile()
     # a random model refuses nothing, so the matching stops at its first strength: add a far larger one
     result.static_match["tried"].append({"strength": 40.0, "val_target_refusal": 0.0})
     brief = evaluate_program(result, loaded, options, suites=False, log=lambda _: None)
@@ -162,7 +158,7 @@ def test_arms_of_the_same_content_are_scored_once_in_the_teacher_forced_table(co
     assert len(calls) == 3 and table["stronger"]["effect"] != table["adaptive"]["effect"]
 
 
-def test_the_frontier_reads_the_effect_tables_scorer_and_scores_no_content_twice(small_samples, monkeypatch):
+def test_the_frontier_reads_the_effect_tables_scorer_and_scores_no_content_twice(tiny_compile, monkeypatch):
     """The effect table and the static frontier share one test scorer: the test neutral prompts' base passes run
     once, the matched strength and the program are scored once, and every frontier KL is what a scorer of the test
     neutral prompts alone gives."""
@@ -170,12 +166,7 @@ def test_the_frontier_reads_the_effect_tables_scorer_and_scores_no_content_twice
     from masteer.compiler.compile import ADAPTIVE_ARM, evaluate_program
     from masteer.compiler.program.applicability import adapter_drift
     from masteer.compiler.strategies.scoring import HeldOutScorer
-    torch.set_num_threads(1)
-    loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny-llama")
-    options = CompileOptions(layers=(1, 2), samples_path=str(small_samples), progress=False, max_new_tokens=3,
-                             full_report=True)
-    adaptive = AdaptiveOptions(algorithms=("mean_difference", "pca"), keep_layers=1, budget=10.0)
-    result = compile_program(options, adaptive, loaded=loaded, log=lambda _: None)
+    loaded, options, result = tiny_compile(full_report=True)
     result.static_match["tried"].append({"strength": 40.0, "val_target_refusal": 0.0})
     built, scored, drifted = [], [], []
 

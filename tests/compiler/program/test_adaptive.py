@@ -547,20 +547,20 @@ def test_the_anchor_operating_points_reuse_the_read_out_of_their_tokens(small_sa
     and constant direction are fitted once per (layer, token sets); ``test_anchors`` shows a refit from a reused
     read-out equals a fresh fit."""
     from masteer.compiler import compile as compile_driver
-    readouts, gates, captured = [], [], {}
-    real_readout, real_gate, real_build = search_module.fit_readout, search_module.fit_gate, compile_driver.build_program
-    monkeypatch.setattr(search_module, "fit_readout", lambda *a: readouts.append(a) or real_readout(*a))
-    monkeypatch.setattr(search_module, "fit_gate", lambda *a, **k: gates.append((a, k)) or real_gate(*a, **k))
+    gates, captured = [], {}
+    real_gate, real_build = search_module.fit_gate, compile_driver.build_program
+    monkeypatch.setattr(search_module, "fit_gate", lambda *a, **k: gates.append(k) or real_gate(*a, **k))
     monkeypatch.setattr(compile_driver, "build_program", lambda ctx, *a, **k: captured.update(ctx=ctx) or real_build(ctx, *a, **k))
     monkeypatch.setattr(compile_driver, "behaviour_score", lambda *a: lambda adapter: 0.5)
     monkeypatch.setattr(search_module, "MIN_SPECIALISED", 1)   # a random model helps few targets: specialise anyway
     _, result = run(small_samples)
     refits = [r for r in result.search.start_scores if "@" in r["anchor"]]
     assert len(refits) == len(search_module.ANCHOR_BUDGETS) - 1
-    assert len(readouts) == len(captured["ctx"].readouts) == len(gates) - len(refits)
+    fitted = [k for k in gates if k["readout"] is None]   # gates that fitted their own probe
+    assert len(fitted) == len(captured["ctx"].readouts) == len(gates) - len(refits)
 
 
-def test_the_static_matching_reads_the_programs_val_answers_from_the_search(small_samples, monkeypatch):
+def test_the_static_matching_reads_the_programs_val_answers_from_the_search(tiny_compile, monkeypatch):
     """The behaviour score generated the program's val answers; the static matching's program rate reads them
     (the same model, prompts and greedy settings) instead of generating them again. A bfloat16 chooser answers
     otherwise, so there the matching generates on the model as loaded."""
@@ -577,12 +577,7 @@ def test_the_static_matching_reads_the_programs_val_answers_from_the_search(smal
     monkeypatch.setattr(compile_driver, "val_rates", spy)
     for precision, generated in (("exact", False), ("bf16", True)):
         calls.clear()
-        torch.set_num_threads(1)
-        loaded = LoadedModel(model=tiny_chat_model("llama"), tokenizer=byte_tokenizer(), name="tiny-llama")
-        options = CompileOptions(layers=(1, 2), samples_path=str(small_samples), progress=False, max_new_tokens=3,
-                                 selection_precision=precision)
-        adaptive = AdaptiveOptions(algorithms=("mean_difference", "pca"), keep_layers=1, budget=10.0)
-        result = compile_program(options, adaptive, loaded=loaded, log=lambda _: None)
+        _, _, result = tiny_compile(selection_precision=precision)
         program = [c for c in calls if c[0] is result.adapter]
         assert len(program) == 1 and program[0][1] == {"target"}   # the matching's program rate
         _, _, before, after = program[0]

@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from masteer.compiler.program.anchors import (DEFAULT_FPR_BUDGET, RAMP_QUANTILE, Gate, GateNeuron, anchor_scores,
-                                              constant_direction, fit_gate, fit_readout, logistic_probe)
+                                              constant_direction, fit_gate, logistic_probe)
 from masteer.runtime.hosts import GATED, PLAIN
 
 H = 16
@@ -226,7 +226,7 @@ def test_fpr_budget_sets_the_threshold_quantile(train):
 
 def test_a_gate_refitted_at_another_budget_from_the_same_read_out_is_the_fresh_fit(train):
     positive, negative = train
-    readout = fit_readout(positive, negative)
+    readout = fit_gate(positive, negative, GATED).readout
     for budget in (0.01, 0.1):
         fresh = fit_gate(positive, negative, GATED, fpr_budget=budget)
         reused = fit_gate(positive, negative, GATED, fpr_budget=budget, readout=readout)
@@ -235,7 +235,7 @@ def test_a_gate_refitted_at_another_budget_from_the_same_read_out_is_the_fresh_f
         for a, b in zip(reused.neurons, fresh.neurons):
             assert torch.equal(a.gate, b.gate) and torch.equal(a.up, b.up)
     # and the read-out is what the gate uses: another one gives another gate
-    other = fit_readout(negative, positive)
+    other = fit_gate(negative, positive, GATED).readout
     assert fit_gate(positive, negative, GATED, readout=other).threshold != fit_gate(positive, negative, GATED).threshold
 
 
