@@ -30,7 +30,7 @@ from torch import nn
 
 from .ablation import Ablation, ablation_sites, check_ablation_host
 from .artifact import ADDITIVE, NEURON, ROTATION, SteeringAdapter
-from .bake import check_lowerable, merge_into_model
+from .bake import MLP_ALIGNMENT, check_lowerable, check_pad_to, merge_into_model
 from .errors import FingerprintMismatch, HostNotSupported, MasteerError
 from .fingerprint import model_fingerprint
 from .hosts import decoder_layers, host_layout, mlp_activation, mlp_module, num_layers
@@ -252,17 +252,19 @@ class SteeredModel(nn.Module):
         self._handles = []
         return self.base_model
 
-    def merge_and_unload(self) -> nn.Module:
-        """Detach and return the base model with the program baked into its weights (in place).
+    def merge_and_unload(self, pad_to: int = MLP_ALIGNMENT) -> nn.Module:
+        """Detach and return the base model with the program baked into its weights (in place), the MLP
+        padded to a multiple of ``pad_to`` with zero neurons (0: the exact width).
 
         Raises LoweringError (and stays attached) when a strategy has no exact lowering, e.g. a rotation.
         """
         scales = {c.scale for c in self._controls()}
         if len(scales) > 1:
             raise ValueError("strategies have different scales; set one scale before merging")
+        check_pad_to(pad_to)
         check_lowerable(self.base_model, self.adapter)
         model = self.detach()
-        return merge_into_model(model, self.adapter, scale=next(iter(scales), 1.0))
+        return merge_into_model(model, self.adapter, scale=next(iter(scales), 1.0), pad_to=pad_to)
 
 
 def attach(model: nn.Module, adapter: SteeringAdapter | str | os.PathLike,

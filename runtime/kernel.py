@@ -50,14 +50,35 @@ class LayerSteering(nn.Module):
         self.has_additive = additive is not None
         if additive is not None:
             self.register_buffer("vector", (additive["direction"] * adapter.strengths(layer, ADDITIVE)[:, None]).sum(0))
+        self._cast: dict[torch.dtype, dict[str, torch.Tensor]] = {}
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cast = {}  # .to(device / dtype) replaces the buffers: their casts are stale
+        return super()._apply(fn, *args, **kwargs)
+
+    def _buffers_in(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The floating buffers in the activations' dtype, cast once per dtype and kept.
+
+        Casting them on every call was four extra kernel launches per steered layer and token: on a GPU in
+        bfloat16 decode, where launches are the cost, that was a third of what a steered layer adds. A cast is
+        deterministic, so the kept copy gives bit-identical outputs. Made outside inference mode, so a copy made
+        during generation can still be used where autograd records."""
+        cast = self._cast.get(dtype)
+        if cast is None:
+            with torch.inference_mode(False):
+                cast = {name: buffer.to(dtype) for name, buffer in self.named_buffers(recurse=False)
+                        if buffer.is_floating_point()}
+            self._cast[dtype] = cast
+        return cast
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """Per-token neuron outputs ``z`` [..., K] after selection: what each neuron contributes."""
-        pre = F.linear(x, self.gate.to(x.dtype))
+        weights = self._buffers_in(x.dtype)
+        pre = F.linear(x, weights["gate"])
         if self.gated:
-            z = self.act(pre) * F.linear(x, self.up.to(x.dtype))
+            z = self.act(pre) * F.linear(x, weights["up"])
         else:
-            z = self.act(pre + self.bias.to(x.dtype))
+            z = self.act(pre + weights["bias"])
         return self._select(z) if self.exclusive else z
 
     def _group_sum(self, values: torch.Tensor) -> torch.Tensor:
@@ -66,19 +87,25 @@ class LayerSteering(nn.Module):
         return out.index_add_(-1, self.group_index.to(values.device), values)
 
     def _select(self, z: torch.Tensor) -> torch.Tensor:
-        scores = self._group_sum(z * self.opening.to(z).clamp(min=0))
+        scores = self._group_sum(z * self._buffers_in(z.dtype)["opening"].clamp(min=0))
         winner = scores.argmax(-1, keepdim=True)                          # [..., 1]
         keep = self.group_index.to(z.device) == winner                    # [..., K]
         return z * keep.to(z.dtype)
 
     def openings(self, x: torch.Tensor) -> torch.Tensor:
         """Per-token opening of each strategy [..., G] (``self.groups`` order): 0 silent, 1 full strength."""
-        return self._group_sum(self.activations(x) * self.opening.to(x.dtype))
+        return self._group_sum(self.activations(x) * self._buffers_in(x.dtype)["opening"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        delta = torch.zeros((), dtype=x.dtype, device=x.device)
+        """The delta added to the MLP output: only the launches that compute something (no zero start, no
+        multiplication by a scale of 1, both exact no-ops), since in decode each launch is the cost."""
+        weights = self._buffers_in(x.dtype)
         if self.has_neurons:
-            delta = F.linear(self.activations(x), self.down.T.to(x.dtype))
-        if self.has_additive:
-            delta = delta + self.vector.to(x.dtype)
-        return delta * self.scale
+            delta = F.linear(self.activations(x), weights["down"].T)
+            if self.has_additive:
+                delta = delta + weights["vector"]
+        elif self.has_additive:
+            delta = weights["vector"]
+        else:
+            delta = torch.zeros((), dtype=x.dtype, device=x.device)
+        return delta if self.scale == 1.0 else delta * self.scale

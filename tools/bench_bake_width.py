@@ -2,6 +2,8 @@
 """Benchmark: where a baked checkpoint's extra cost comes from: the wider MLP, its alignment, or the MLP biases.
 
     .venv/bin/python tools/bench_bake_width.py [--shape smollm2-135m] [--rounds 10] [--batch 16] [--tokens 16]
+    .venv/bin/python tools/bench_bake_width.py --device cuda --dtype bfloat16 --shape llama-3.1-8b --depth 16 \
+        --batch 16 --tokens 512 --inner 5 --rounds 12 --pad-to 8,16,64 --out bake-width-cuda.json   # a GPU
 
 A baked adapter changes a Llama in two ways: ``intermediate_size`` grows by the neuron count (1536 -> 1538 on
 SmolLM2), and an always-on vector becomes the MLP's output bias, which on Llama switches on ``mlp_bias`` for all
@@ -9,7 +11,9 @@ three projections (gate and up get all-zero biases too). This times the base mod
 only zero neurons and zero biases (so every variant computes the base model's logits exactly), to separate
 those effects: base, a plain copy (memory placement), +bias, +K neurons, padded to a multiple of 64, and both.
 Prefill at one batch, interleaved rounds, this process's CPU time (one thread; see bench_runtime.py for why)
-and the wall clock, paired ratio to base with a distribution-free 95% interval.
+and the wall clock (the one to read on a GPU: the work is synchronised before each reading), paired ratio to base
+with a distribution-free 95% interval. ``--depth`` keeps fewer decoder layers so that seven copies of a large
+shape fit on one device; each layer is timed alike, so the ratios are the full model's.
 """
 
 from __future__ import annotations
@@ -27,20 +31,26 @@ import torch
 from runtime_bench import BenchOptions
 from runtime_bench.baking import zero_program
 from runtime_bench.models import build_model
+from runtime_bench.options import DTYPES
 from runtime_bench.stats import median_interval, quantile
+from runtime_bench.timing import synchronise
 
 
-def variants(base, extra: int, multiple: int) -> dict[str, torch.nn.Module]:
+def variants(base, extra: int, multiples: list[int]) -> dict[str, torch.nn.Module]:
+    """The base model and copies that differ from it only by zero neurons and zero biases: the exact bake width
+    (``extra`` more neurons) and that width padded to each of ``multiples``, each without and with MLP biases."""
     from masteer.runtime import merge_into_model
     from masteer.runtime.hosts import intermediate_size
     width = intermediate_size(base)
-    padded = extra + (-(width + extra) % multiple)
+    widths = sorted({extra + (-(width + extra) % m) for m in multiples} | {extra})
 
     def widened(neurons: int, bias: bool):
-        return merge_into_model(copy.deepcopy(base), zero_program(base, neurons, bias)).eval()
-    return {"base": base, "copy": copy.deepcopy(base), "bias": widened(0, True),
-            f"w{width + extra}": widened(extra, False), f"w{width + padded}": widened(padded, False),
-            f"w{width + extra}+bias": widened(extra, True), f"w{width + padded}+bias": widened(padded, True)}
+        return merge_into_model(copy.deepcopy(base), zero_program(base, neurons, bias), pad_to=0).eval()
+    built = {"base": base, "copy": copy.deepcopy(base), "bias": widened(0, True)}
+    for neurons in widths:
+        built[f"w{width + neurons}"] = widened(neurons, False)
+        built[f"w{width + neurons}+bias"] = widened(neurons, True)
+    return built
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,26 +60,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--extra", type=int, default=2, help="neurons the bake adds (a ramp gate: 2)")
-    parser.add_argument("--pad-to", type=int, default=64)
+    parser.add_argument("--pad-to", default="64", help="multiples to pad the width to, comma-separated")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    parser.add_argument("--depth", type=int, default=0, help="decoder layers (0: the shape's own)")
+    parser.add_argument("--inner", type=int, default=1, help="calls per measurement (raise it on a GPU)")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/bake-width-cpu.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    base = build_model(BenchOptions(shape=args.shape))
-    models = variants(base, args.extra, args.pad_to)
-    ids = torch.randint(3, base.config.vocab_size, (args.batch, args.tokens), generator=torch.Generator().manual_seed(0))
+    base = build_model(BenchOptions(shape=args.shape, device=args.device, dtype=args.dtype, depth=args.depth))
+    models = variants(base, args.extra, [int(m) for m in str(args.pad_to).split(",") if m.strip()])
+    ids = torch.randint(3, base.config.vocab_size, (args.batch, args.tokens),
+                        generator=torch.Generator().manual_seed(0)).to(args.device)
     times = {clock: {name: [] for name in models} for clock in ("cpu", "wall")}
     with torch.inference_mode():
         reference = base(input_ids=ids).logits
         exact = {name: float((m(input_ids=ids).logits - reference).abs().max()) for name, m in models.items()}
+        del reference
+        for model in models.values():  # warm-up at the timed shapes (kernel choice, allocator), not timed
+            model(input_ids=ids, use_cache=True, logits_to_keep=1)
         for r in range(args.rounds):
             names = list(models)
             for name in names[r % len(names):] + names[:r % len(names)]:
+                synchronise(args.device)
                 cpu, wall = time.process_time(), time.perf_counter()
-                models[name](input_ids=ids, use_cache=True, logits_to_keep=1)
-                times["cpu"][name].append(time.process_time() - cpu)
-                times["wall"][name].append(time.perf_counter() - wall)
+                for _ in range(args.inner):
+                    models[name](input_ids=ids, use_cache=True, logits_to_keep=1)
+                synchronise(args.device)
+                times["cpu"][name].append((time.process_time() - cpu) / args.inner)
+                times["wall"][name].append((time.perf_counter() - wall) / args.inner)
     rows = []
     for clock, per_model in times.items():
         for name, values in per_model.items():

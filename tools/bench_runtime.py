@@ -10,9 +10,10 @@ Arms, all on one randomly initialised model of a real model's shape (no weights 
 - ``base`` and ``base-again``: the plain model, twice. Their ratio is 1 by construction, so its spread is the
   benchmark's resolution: a difference smaller than base-again's confidence interval is not shown.
 - ``adapter``: a masteer adapter attached with the runtime (``masteer.runtime.attach``, forward hooks).
-- ``baked``: the same adapter baked with ``masteer.runtime.bake`` and loaded back with plain transformers.
-- ``baked-padN``: the baked checkpoint with its MLP widened by zero neurons to a multiple of N (``--pad-to``),
-  so GEMM shapes are aligned; the logits stay equal (checked).
+- ``baked``: the same adapter baked with ``masteer.runtime.bake`` (its default: MLP padded to a multiple of 64)
+  and loaded back with plain transformers.
+- ``baked-unpadded``: the same bake with ``pad_to=0``, its MLP at the exact width (base + neurons), as bakes were
+  before they padded to a multiple of 64 (``--pad-to`` sets the baked arm's multiple; 0 leaves this arm out).
 - ``steering-vectors`` (0.12.2) and ``repeng`` (0.4.0): one vector added at the output of the same decoder
   blocks the adapter steers, each peer attached its own way (a forward hook; a wrapping module).
 
@@ -42,7 +43,7 @@ from runtime_bench.options import CLOCKS, DTYPES, EMBEDDED
 
 
 INT_OPTIONS = ("threads", "rounds", "inner", "prompt_tokens", "new_tokens", "batch", "layers", "neurons", "pad_to",
-               "seed")
+               "seed", "depth", "max_seconds")
 
 
 def default_out(options: BenchOptions, quick: bool) -> Path:

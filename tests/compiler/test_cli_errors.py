@@ -315,6 +315,14 @@ def test_bake_incomplete_adapter_names_the_missing_file(tmp_path):
     assert not (tmp_path / "baked").exists()
 
 
+@pytest.mark.parametrize("value", ["-1", "1.5", "sixty-four"])
+def test_bake_pad_to_that_is_not_a_whole_number_from_0_is_refused_before_any_work(tmp_path, value):
+    output = _assert_clean_error(_invoke(cli.main, ["bake", tmp_path, "--out", tmp_path / "baked", "--pad-to",
+                                                    value]), 2)
+    assert "--pad-to" in output and value in output
+    assert not (tmp_path / "baked").exists()
+
+
 def test_bake_requires_out(tmp_path):
     output = _assert_clean_error(_invoke(cli.main, ["bake", tmp_path]), 2)
     assert "--out" in output

@@ -15,7 +15,7 @@ from tiny_models import byte_tokenizer, tiny_chat_model
 from masteer.compiler import cli
 from masteer.compiler.capture.activations import encode_prompt
 from masteer.compiler.samples.sample_set import TARGET, SampleSet
-from masteer.runtime import SteeredModel, SteeringAdapter
+from masteer.runtime import NEURON, SteeredModel, SteeringAdapter
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +60,17 @@ def test_compile_then_bake_through_the_cli(model_dir, small_samples, tmp_path, m
         got = AutoModelForCausalLM.from_pretrained(baked, dtype=torch.float32).eval()(input_ids=ids).logits
     assert (expected - base).abs().max() > 1e-3          # the adapter steers this target sequence
     assert (got - expected).abs().max() <= 1e-4          # and the baked checkpoint does exactly the same
+
+    exact = tiny_chat_model("llama").config.intermediate_size + max(
+        len(adapter.layer_strategies(layer, NEURON)) for layer in adapter.layers)
+    padded = json.loads((baked / "config.json").read_text())["intermediate_size"]
+    assert padded % 64 == 0 and padded > exact and f"MLP {padded} wide" in result.output   # the default: aligned
+    assert json.loads((baked / "masteer_program.json").read_text())["baked_mlp_width"] == padded
+    unpadded = tmp_path / "baked-unpadded"
+    result = CliRunner().invoke(cli.main, ["bake", str(out), "--model", str(model_dir), "--out", str(unpadded),
+                                           "--pad-to", "0"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((unpadded / "config.json").read_text())["intermediate_size"] == exact
+    with torch.no_grad():
+        got = AutoModelForCausalLM.from_pretrained(unpadded, dtype=torch.float32).eval()(input_ids=ids).logits
+    assert (got - expected).abs().max() <= 1e-4

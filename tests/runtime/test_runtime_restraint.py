@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from masteer.runtime import SteeredModel, attach
+from masteer.runtime.bake import MLP_ALIGNMENT
 from masteer.runtime.hosts import decoder_layers, host_layout, intermediate_size, mlp_module
 from tiny_models import NEURON_COUNTS, closed_adapter, left_padded_batch, logits, random_adapter, tiny_model
 
@@ -136,7 +138,8 @@ def test_attach_does_not_touch_state_dict(kind):
     steered.detach()
 
 
-def test_merge_and_unload_grows_intermediate_size_by_max_neuron_count(kind):
+@pytest.mark.parametrize("pad_to", [0, 8, None])  # None: the default, a multiple of 64
+def test_merge_and_unload_grows_the_mlp_by_the_most_neurons_rounded_up_to_pad_to(kind, pad_to):
     model = tiny_model(kind)
     layout = host_layout(model)
     width_before = intermediate_size(model)
@@ -145,28 +148,39 @@ def test_merge_and_unload_grows_intermediate_size_by_max_neuron_count(kind):
     inputs = left_padded_batch()
     steered = SteeredModel(model, adapter)
     expected = logits(steered, inputs)
-    merged = steered.merge_and_unload()
-    grow = max(counts.values())
+    merged = steered.merge_and_unload() if pad_to is None else steered.merge_and_unload(pad_to=pad_to)
+    multiple = MLP_ALIGNMENT if pad_to is None else max(pad_to, 1)
+    exact = width_before + max(counts.values())
+    width = exact + (-exact % multiple)
+    assert multiple == 1 or (width % multiple == 0 and width > exact)  # the tiny widths do need padding
     assert merged is model and not steered.attached
-    assert getattr(merged.config, layout.intermediate_attr) == width_before + grow
-    assert intermediate_size(merged) == width_before + grow
+    assert getattr(merged.config, layout.intermediate_attr) == width
+    assert intermediate_size(merged) == width
     for layer in range(len(decoder_layers(merged))):
         mlp = mlp_module(merged, layer)
         out_proj = getattr(mlp, layout.out_proj)
         if layout.conv1d:  # GPT-2 Conv1D weight is [in, out]
-            assert tuple(getattr(mlp, layout.in_projs[0]).weight.shape) == (merged.config.hidden_size,
-                                                                            width_before + grow)
-            assert tuple(out_proj.weight.shape) == (width_before + grow, merged.config.hidden_size)
+            assert tuple(getattr(mlp, layout.in_projs[0]).weight.shape) == (merged.config.hidden_size, width)
+            assert tuple(out_proj.weight.shape) == (width, merged.config.hidden_size)
         else:
             for name in layout.in_projs:
-                assert getattr(mlp, name).out_features == width_before + grow
-            assert out_proj.in_features == width_before + grow
+                assert getattr(mlp, name).out_features == width
+            assert out_proj.in_features == width
     assert (logits(merged, inputs) - expected).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("pad_to", [-1, 1.5, True, "64"])
+def test_a_bad_pad_to_is_refused_before_the_adapter_is_detached(kind, pad_to):
+    model = tiny_model(kind)
+    steered = SteeredModel(model, random_adapter(model))
+    with pytest.raises(ValueError, match="pad_to must be a whole number"):
+        steered.merge_and_unload(pad_to=pad_to)
+    assert steered.attached and intermediate_size(model) == intermediate_size(tiny_model(kind))
 
 
 def test_merge_and_unload_with_uniform_counts(kind):
     """Same count on every steered layer: still grows by the max (2), not by the total (4)."""
     model = tiny_model(kind)
     width_before = intermediate_size(model)
-    merged = SteeredModel(model, random_adapter(model, counts={0: 2, 1: 2})).merge_and_unload()
+    merged = SteeredModel(model, random_adapter(model, counts={0: 2, 1: 2})).merge_and_unload(pad_to=0)
     assert intermediate_size(merged) == width_before + 2

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
-MASTEER_ARMS = ("base", "base-again", "adapter", "baked", "baked-pad64")
+MASTEER_ARMS = ("base", "base-again", "adapter", "baked", "baked-unpadded")
 PEER_ARMS = ("steering-vectors", "repeng")
 
 
@@ -62,13 +62,13 @@ def test_every_arm_has_a_row_per_workload_with_finite_times(result, clock):
     assert all(arm not in MASTEER_ARMS for _, arm in failed), failed
 
 
-def test_adapter_baked_and_padded_logits_are_equal_and_steered(result):
+def test_adapter_baked_and_unpadded_logits_are_equal_and_steered(result):
     checks, built = result["logit_checks"], result["built"]
     assert checks["adapter_vs_base"] > 0.01 * checks["logit_scale"]  # the adapter really changes the logits
     assert checks["adapter_vs_baked"] <= 1e-5
-    assert checks["baked_vs_baked-pad64"] <= 1e-5
+    assert checks["baked_vs_baked-unpadded"] <= 1e-5
     assert checks["steering-vectors_vs_base"] > 0.01 * checks["logit_scale"]
-    assert (built["base_mlp_width"], built["baked_mlp_width"], built["padded_mlp_width"]) == (96, 98, 128)
+    assert (built["base_mlp_width"], built["baked_mlp_width"], built["unpadded_mlp_width"]) == (96, 128, 98)
 
 
 def test_median_interval_uses_binomial_order_statistics():

@@ -9,9 +9,9 @@ from typing import Callable, Iterator
 
 import torch
 
-from .baking import baked_checkpoint, padded_copy
+from .baking import baked_checkpoint
 from .models import build_model, build_program, peer_vectors
-from .options import ADAPTER, BAKED, BASE, BASE_AGAIN, REPENG, STEERING_VECTORS, BenchOptions
+from .options import ADAPTER, BAKED, BAKED_UNPADDED, BASE, BASE_AGAIN, REPENG, STEERING_VECTORS, BenchOptions
 
 
 @dataclass
@@ -90,20 +90,19 @@ def build_arms(options: BenchOptions, log: Callable[[str], None] = print) -> tup
     arms = [Arm(BASE, model, note="plain forward"), Arm(BASE_AGAIN, model, note="plain forward, measured again"),
             adapter_arm(model, adapter)]
     started = time.perf_counter()
-    baked = baked_checkpoint(model, adapter, options.baked_in_memory)
-    arms.append(Arm(BAKED, baked, note="masteer.runtime.bake, " + ("merged in memory" if options.baked_in_memory
-                                                                  else "loaded back with AutoModelForCausalLM")))
+    baked = baked_checkpoint(model, adapter, options.baked_in_memory, options.pad_to)
+    how = "merged in memory" if options.baked_in_memory else "loaded back with AutoModelForCausalLM"
+    arms.append(Arm(BAKED, baked, note=f"masteer.runtime.bake (MLP padded to a multiple of {options.pad_to}), {how}"))
     from masteer.runtime.hosts import intermediate_size
     built = {"program_layers": adapter.layers, "neurons_per_layer": options.neurons,
              "static_layer": adapter.layers[len(adapter.layers) // 2],
              "base_mlp_width": intermediate_size(model), "baked_mlp_width": intermediate_size(baked)}
-    if options.pad_to:
-        padded = padded_copy(baked, options.pad_to)
-        arms.append(Arm(f"baked-pad{options.pad_to}", padded,
-                        note=f"baked, MLP zero-padded to a multiple of {options.pad_to}"))
-        built["padded_mlp_width"] = intermediate_size(padded)
-    log(f"baked ({built['base_mlp_width']} -> {built['baked_mlp_width']}"
-        + (f", padded {built['padded_mlp_width']}" if options.pad_to else "")
+    if options.pad_to > 1:
+        unpadded = baked_checkpoint(model, adapter, options.baked_in_memory, 0)
+        arms.append(Arm(BAKED_UNPADDED, unpadded, note=f"masteer.runtime.bake with pad_to=0 (exact width), {how}"))
+        built["unpadded_mlp_width"] = intermediate_size(unpadded)
+    log(f"baked (MLP {built['base_mlp_width']} -> {built['baked_mlp_width']}"
+        + (f", unpadded {built['unpadded_mlp_width']}" if options.pad_to > 1 else "")
         + f") in {time.perf_counter() - started:.0f} s")
     if options.peers:
         vectors = peer_vectors(model, adapter, options)

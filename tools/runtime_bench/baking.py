@@ -1,4 +1,4 @@
-"""The baked arms: the adapter lowered into a plain checkpoint, and that checkpoint with an aligned MLP width."""
+"""The baked arms: the adapter lowered into a plain checkpoint, with the bake's aligned MLP width and without."""
 
 from __future__ import annotations
 
@@ -8,19 +8,20 @@ import tempfile
 import torch
 
 
-def baked_checkpoint(model, adapter, in_memory: bool) -> torch.nn.Module:
-    """The adapter baked into a copy of ``model``: saved with ``masteer.runtime.bake`` and loaded back with plain
-    transformers (or merged in memory: the same weights without the disk round trip).
+def baked_checkpoint(model, adapter, in_memory: bool, pad_to: int) -> torch.nn.Module:
+    """The adapter baked into a copy of ``model`` (its MLP padded to a multiple of ``pad_to``, 0: exact width):
+    saved with ``masteer.runtime.bake`` and loaded back with plain transformers (or merged in memory: the same
+    weights without the disk round trip).
 
     The loaded weights are then copied into ordinary memory (:func:`materialise`), as the other arms' are."""
     from masteer.runtime import bake, merge_into_model
     clone = copy.deepcopy(model)
     if in_memory:
-        return merge_into_model(clone, adapter).eval()
+        return merge_into_model(clone, adapter, pad_to=pad_to).eval()
     from transformers import AutoModelForCausalLM
     param = next(model.parameters())
     with tempfile.TemporaryDirectory(prefix="bench-runtime-baked-") as folder:
-        bake(clone, adapter, folder)
+        bake(clone, adapter, folder, pad_to=pad_to)
         del clone
         loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=param.dtype, device_map=str(param.device))
     loaded.generation_config.eos_token_id = None
@@ -60,15 +61,3 @@ def zero_program(model, neurons: int, bias: bool = False):
         axis[0] = 1.0
         adapter.add_additive(0, "zero-vector", direction=axis, strength=0.0)
     return adapter
-
-
-def padded_copy(baked, multiple: int) -> torch.nn.Module:
-    """A copy of a baked model whose MLP width is rounded up to ``multiple`` with zero neurons.
-
-    The zero neurons are baked the way steering neurons are (a runtime merge of :func:`zero_program`), so this
-    needs no bake option: it computes exactly what ``baked`` does, only with an aligned width."""
-    from masteer.runtime import merge_into_model
-    from masteer.runtime.hosts import intermediate_size
-    extra = -intermediate_size(baked) % multiple
-    padded = copy.deepcopy(baked)
-    return merge_into_model(padded, zero_program(baked, extra)).eval() if extra else padded

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 from .arms import Arm
-from .options import ADAPTER, BAKED, BASE, BASE_AGAIN
+from .options import ADAPTER, BAKED, BAKED_UNPADDED, BASE, BASE_AGAIN
 
 
 @torch.no_grad()
 def logit_checks(arms: list[Arm], inputs: dict) -> dict[str, float]:
     """Max |logit difference| on a prefill batch: each arm against base (it steers), the adapter against the
-    baked checkpoint and the baked against the padded one (both should be float rounding)."""
+    baked checkpoint and the baked (padded) against the unpadded one (both should be float rounding)."""
     logits = {}
     for arm in arms:
         with arm.active():
@@ -22,8 +22,7 @@ def logit_checks(arms: list[Arm], inputs: dict) -> dict[str, float]:
     checks = {f"{name}_vs_base": float((value - logits[BASE]).abs().max()) for name, value in logits.items()
               if name not in (BASE, BASE_AGAIN)}
     checks["adapter_vs_baked"] = float((logits[ADAPTER] - logits[BAKED]).abs().max())
-    padded = [name for name in logits if name.startswith("baked-pad")]
-    for name in padded:
-        checks[f"baked_vs_{name}"] = float((logits[BAKED] - logits[name]).abs().max())
+    if BAKED_UNPADDED in logits:
+        checks[f"baked_vs_{BAKED_UNPADDED}"] = float((logits[BAKED] - logits[BAKED_UNPADDED]).abs().max())
     checks["logit_scale"] = float(logits[BASE].abs().max())
     return checks

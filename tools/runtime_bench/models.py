@@ -16,6 +16,8 @@ def build_model(options: BenchOptions) -> torch.nn.Module:
     else:
         from transformers import AutoConfig, AutoModelForCausalLM
         spec = dict(SHAPES[options.shape])
+        if options.depth:
+            spec["num_hidden_layers"] = options.depth
         config = AutoConfig.for_model(spec.pop("model_type"), pad_token_id=0, bos_token_id=1, eos_token_id=2,
                                       **spec)
         torch.manual_seed(options.seed)

@@ -27,7 +27,7 @@ SHAPES: dict[str, dict] = {
 }
 EMBEDDED = "embedded"  # the real embedded SmolLM2-135M-Instruct weights, via the compiler's loader
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-BASE, BASE_AGAIN, ADAPTER, BAKED = "base", "base-again", "adapter", "baked"
+BASE, BASE_AGAIN, ADAPTER, BAKED, BAKED_UNPADDED = "base", "base-again", "adapter", "baked", "baked-unpadded"
 STEERING_VECTORS, REPENG = "steering-vectors", "repeng"
 WORKLOADS = ("prefill_b1", "prefill_batch", "decode_b1")
 CLOCKS = ("wall", "cpu")  # wall clock, and this process's CPU time (the work, not the wait, on a shared CPU)
@@ -48,10 +48,12 @@ class BenchOptions:
     layers: int = 3                # program layers (middle of the stack)
     neurons: int = 2               # gated neurons per program layer
     strength: float = 4.0
-    pad_to: int = 64               # 0: no padded-bake arm
+    pad_to: int = 64               # the baked arm's MLP alignment (the bake's default); >1 adds a baked-unpadded arm
     baked_in_memory: bool = False  # skip the disk round trip of the baked checkpoint (same weights)
     peers: bool = True
     seed: int = 0
+    depth: int = 0                 # decoder layers; 0: the shape's own (fewer fit more copies on one device)
+    max_seconds: int = 0           # start no round after this long (a lent GPU's lease); 0: all rounds
 
     def __post_init__(self):
         if self.shape not in SHAPES and self.shape != EMBEDDED:
@@ -61,8 +63,13 @@ class BenchOptions:
         for name in ("threads", "rounds", "inner", "prompt_tokens", "new_tokens", "batch", "layers", "neurons"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_seconds < 0:
+            raise ValueError(f"--max-seconds must be 0 (no limit) or positive, got {self.max_seconds}")
+        if self.depth < 0 or (self.depth and self.shape == EMBEDDED):
+            raise ValueError(f"--depth must be 0 (the shape's own) or a layer count of a random --shape, "
+                             f"got {self.depth} with --shape {self.shape}")
         if self.pad_to < 0:
-            raise ValueError(f"--pad-to must be 0 (off) or a positive multiple, got {self.pad_to}")
+            raise ValueError(f"--pad-to must be 0 (the exact width) or a positive multiple, got {self.pad_to}")
 
 
 QUICK = dict(rounds=2, prompt_tokens=16, new_tokens=8)

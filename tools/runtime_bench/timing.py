@@ -42,13 +42,16 @@ def synchronise(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(arm: Arm, call: Callable[[], object], device: str, inner: int) -> tuple[float, float]:
-    """(wall, CPU) seconds per call: ``inner`` calls back to back with the arm switched on, device work included.
+def measure(arm: Arm, call: Callable[[], object], device: str, inner: int, warm: bool = False) -> tuple[float, float]:
+    """(wall, CPU) seconds per call: ``inner`` calls back to back with the arm switched on, device work included;
+    with ``warm``, one untimed call first (a GPU that idled through a host-bound decode starts a prefill slower).
 
     The CPU seconds are this process's, all threads: on a CPU shared with other jobs they count the work done,
     not the time spent waiting for a core, so they are far less noisy than the wall clock there. On a GPU they
     mean little (the host waits); read the wall clock."""
     with arm.active():
+        if warm:
+            call()
         synchronise(device)
         wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(inner):
@@ -62,7 +65,10 @@ def run_rounds(arms: list[Arm], options: BenchOptions, inputs: dict[str, dict],
     """Warm every (workload, arm) once, then ``rounds`` interleaved rounds.
 
     Returns ({clock: {workload: {arm: [seconds per round]}}} for the clocks ``wall`` and ``cpu``,
-    {workload: {arm: error}}); an arm whose warm-up raised is recorded with the error and left out of the rounds."""
+    {workload: {arm: error}}); an arm whose warm-up raised is recorded with the error and left out of the rounds.
+    With ``options.max_seconds``, no round starts after that many seconds from the first: fewer rounds, all
+    complete (every arm measured in each), so the result stays paired."""
+    started_all = time.perf_counter()
     times = {clock: {w: {a.name: [] for a in arms} for w in WORKLOADS} for clock in CLOCKS}
     errors: dict[str, dict[str, str]] = {w: {} for w in WORKLOADS}
     with torch.inference_mode():
@@ -79,13 +85,17 @@ def run_rounds(arms: list[Arm], options: BenchOptions, inputs: dict[str, dict],
                         times[clock][workload].pop(arm.name)
                     log(f"  {workload:13s} {arm.name}: FAILED {errors[workload][arm.name]}")
         for r in range(options.rounds):
+            if options.max_seconds and time.perf_counter() - started_all > options.max_seconds:
+                log(f"  stopped after {r} of {options.rounds} rounds: --max-seconds {options.max_seconds} passed")
+                break
             started = time.perf_counter()
             order = arms[r % len(arms):] + arms[:r % len(arms)]  # rotate: no arm always runs first
             for workload in WORKLOADS:
                 for arm in order:
                     if arm.name in times["wall"][workload]:
                         call = workload_call(workload, arm.model, inputs[workload], options.new_tokens)
-                        seconds = measure(arm, call, options.device, options.inner)
+                        seconds = measure(arm, call, options.device, options.inner,
+                                          warm=options.device.startswith("cuda") and workload.startswith("prefill"))
                         for clock, value in zip(CLOCKS, seconds):
                             times[clock][workload][arm.name].append(value)
             log(f"  round {r + 1}/{options.rounds}: {time.perf_counter() - started:.1f} s")

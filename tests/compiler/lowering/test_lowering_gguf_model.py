@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from masteer.compiler import cli
 from masteer.compiler.lowering.gguf_model import permute_for_llama_cpp, read_gguf_tensors, write_gguf_model
 from masteer.runtime import LoweringError, bake
+from masteer.runtime.bake import MLP_ALIGNMENT
 from tiny_models import byte_tokenizer, random_adapter, tiny_chat_model, tiny_model
 
 WIDTH = 3   # tiny_models' default program: at most 3 neurons on a layer
@@ -28,9 +29,9 @@ def _quiet():
         yield
 
 
-def baked(tmp_path, kind: str = "llama", model=None):
+def baked(tmp_path, kind: str = "llama", model=None, pad_to: int = MLP_ALIGNMENT):
     model = model if model is not None else tiny_chat_model(kind)
-    return bake(model, random_adapter(model), tmp_path / f"baked-{kind}", tokenizer=byte_tokenizer())
+    return bake(model, random_adapter(model), tmp_path / f"baked-{kind}", tokenizer=byte_tokenizer(), pad_to=pad_to)
 
 
 def expected_tensors(folder) -> dict[str, np.ndarray]:
@@ -65,9 +66,10 @@ def test_f32_and_f16_read_back_as_the_baked_checkpoint(kind, tmp_path):
         assert np.abs(got16[name] - value).max() <= tol, name
     reader = gguf.GGUFReader(str(tmp_path / "m-f16.gguf"))
     field = lambda key: reader.fields[key].contents()   # noqa: E731
-    base_width = tiny_chat_model(kind).config.intermediate_size
-    assert field(f"{kind}.feed_forward_length") == base_width + WIDTH, "the widened MLP: the steering neurons"
-    assert got["blk.0.ffn_gate.weight"].shape == (base_width + WIDTH, got["token_embd.weight"].shape[1])
+    exact = tiny_chat_model(kind).config.intermediate_size + WIDTH
+    width = exact + (-exact % MLP_ALIGNMENT)   # the steering neurons, then zero ones up to a multiple of 64
+    assert field(f"{kind}.feed_forward_length") == width > exact, "the widened MLP, padded"
+    assert got["blk.0.ffn_gate.weight"].shape == (width, got["token_embd.weight"].shape[1])
     assert len(field("tokenizer.ggml.tokens")) == 264 and "<|im_start|>" in field("tokenizer.chat_template")
     assert field("general.architecture") == kind
 
@@ -84,13 +86,14 @@ def test_the_permutation_puts_each_rotary_pair_side_by_side():
 
 
 def test_q8_0_quantises_the_matrices_it_can_and_keeps_the_rest_in_f16(tmp_path):
+    """An unpadded bake (``pad_to=0``) leaves ffn_down rows of 128 + 3 values, which no 32-block covers."""
     import gguf
     config = LlamaConfig(vocab_size=264, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
                          bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    folder = baked(tmp_path, model=model)
+    folder = baked(tmp_path, model=model, pad_to=0)
     path = write_gguf_model(folder, tmp_path / "m-q8.gguf", "q8_0")
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(path)).tensors}
     assert types["blk.0.ffn_gate.weight"] == gguf.GGMLQuantizationType.Q8_0    # rows of 64 values
@@ -105,6 +108,14 @@ def test_q8_0_quantises_the_matrices_it_can_and_keeps_the_rest_in_f16(tmp_path):
             assert (np.abs(got[name].reshape(-1, 32) - blocks) <= bound).all(), name
     f32 = write_gguf_model(folder, tmp_path / "m-f32.gguf", "f32")
     assert path.stat().st_size < 0.5 * f32.stat().st_size
+
+
+def test_the_default_bake_pads_ffn_down_rows_to_whole_q8_0_blocks(tmp_path):
+    import gguf
+    path = write_gguf_model(baked(tmp_path), tmp_path / "m-q8.gguf", "q8_0")
+    tensors = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+    down = tensors["blk.0.ffn_down.weight"]
+    assert down.tensor_type == gguf.GGMLQuantizationType.Q8_0 and int(down.shape[0]) % 64 == 0   # 96 + 3 -> 128
 
 
 def test_export_gguf_checkpoint_through_the_cli_and_refusals(tmp_path):

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The runtime benchmarks on a GPU in one call: what a lent GPU (15 minutes a session) runs, prepared ahead.
+#
+#   bash tools/bench_gpu.sh                   # a CUDA machine: Llama-3.1-8B's shape, bfloat16, ~6 minutes
+#   SHAPE=tiny DEVICE=cpu PY=.venv/bin/python bash tools/bench_gpu.sh    # a rehearsal of the same steps here
+#
+# 1. tools/bench_bake_width.py: where a baked checkpoint's cost comes from (wider MLP, its alignment to 8, 16 or
+#    64, MLP biases), on SHAPE cut to DEPTH decoder layers so its eleven copies fit on one device.
+# 2. tools/bench_runtime.py: base, adapter, baked (padded to 64, the bake's default), baked unpadded,
+#    steering-vectors and repeng on a randomly initialised model of SHAPE (no weights are needed for timing),
+#    512-token prompts.
+# Results and logs go to $OUT (the device tool's folder; /tmp/bench-gpu elsewhere), to be copied into
+# docs/benchmarks/. The peers and gguf travel as wheels in .whl (docs/benchmarks/runtime.md says how to fetch
+# them); masteer's runtime is imported from this checkout through a folder of links, nothing is installed.
+set -uo pipefail
+OUT=${OUT:-/tmp/bench-gpu}
+SHAPE=${SHAPE:-llama-3.1-8b}
+DEVICE=${DEVICE:-cuda}
+DTYPE=${DTYPE:-bfloat16}
+DEPTH=${DEPTH:-16}
+ROUNDS=${ROUNDS:-12}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/bench-gpu-site \
+        .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/bench-gpu-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+links=$(mktemp -d)/masteer-src
+mkdir -p "$links/masteer" && ln -s "$PWD/runtime" "$links/masteer/runtime"
+export PYTHONPATH=$links:$PYTHONPATH
+{ date -u; nvidia-smi 2>/dev/null || echo "no nvidia-smi"; "$PY" -c "import torch, transformers;
+print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"; } \
+    2>&1 | tee "$OUT/machine.txt"
+tag="$SHAPE-${DEVICE%%:*}-$DTYPE"
+timeout "${WIDTH_TIMEOUT:-170}" "$PY" tools/bench_bake_width.py --device "$DEVICE" --dtype "$DTYPE" --shape "$SHAPE" \
+    --depth "$DEPTH" --batch 16 --tokens 512 --inner 5 --rounds "$ROUNDS" --pad-to 8,16,64 \
+    --out "$OUT/bake-width-$tag.json" 2>&1 | tee "$OUT/bake-width-$tag.log"
+echo "bench_bake_width rc ${PIPESTATUS[0]}"
+# RUNTIME_EXTRA: more bench_runtime.py options, which override these (a shorter run: --no-peers --new-tokens 8)
+timeout "${RUNTIME_TIMEOUT:-390}" "$PY" tools/bench_runtime.py --device "$DEVICE" --dtype "$DTYPE" --shape "$SHAPE" \
+    --baked-in-memory --prompt-tokens 512 --inner 2 --rounds "$ROUNDS" --max-seconds 300 ${RUNTIME_EXTRA:-} \
+    --out "$OUT/runtime-$tag.json" 2>&1 | tee "$OUT/runtime-$tag.log"
+echo "bench_runtime rc ${PIPESTATUS[0]}"
