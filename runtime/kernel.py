@@ -62,7 +62,8 @@ class LayerSteering(nn.Module):
         Casting them on every call was four extra kernel launches per steered layer and token: on a GPU in
         bfloat16 decode, where launches are the cost, that was a third of what a steered layer adds. A cast is
         deterministic, so the kept copy gives bit-identical outputs. Made outside inference mode, so a copy made
-        during generation can still be used where autograd records."""
+        during generation can still be used where autograd records. The buffers are fixed once built (nothing
+        edits them in place); ``.to()`` and the like replace them and drop the copies (``_apply``)."""
         cast = self._cast.get(dtype)
         if cast is None:
             with torch.inference_mode(False):

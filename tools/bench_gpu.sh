@@ -8,7 +8,8 @@
 #    64, MLP biases), on SHAPE cut to DEPTH decoder layers so its eleven copies fit on one device.
 # 2. tools/bench_runtime.py: base, adapter, baked (padded to 64, the bake's default), baked unpadded,
 #    steering-vectors and repeng on a randomly initialised model of SHAPE (no weights are needed for timing),
-#    512-token prompts.
+#    512-token prompts; with the kernel clock (summed GPU kernel times), since the wall clock of a host-bound
+#    decode did not resolve 3% on the lent VM.
 # Results and logs go to $OUT (the device tool's folder; /tmp/bench-gpu elsewhere), to be copied into
 # docs/benchmarks/. The peers and gguf travel as wheels in .whl (docs/benchmarks/runtime.md says how to fetch
 # them); masteer's runtime is imported from this checkout through a folder of links, nothing is installed.
@@ -40,6 +41,7 @@ timeout "${WIDTH_TIMEOUT:-170}" "$PY" tools/bench_bake_width.py --device "$DEVIC
 echo "bench_bake_width rc ${PIPESTATUS[0]}"
 # RUNTIME_EXTRA: more bench_runtime.py options, which override these (a shorter run: --no-peers --new-tokens 8)
 timeout "${RUNTIME_TIMEOUT:-390}" "$PY" tools/bench_runtime.py --device "$DEVICE" --dtype "$DTYPE" --shape "$SHAPE" \
-    --baked-in-memory --prompt-tokens 512 --inner 2 --rounds "$ROUNDS" --max-seconds 300 ${RUNTIME_EXTRA:-} \
+    --baked-in-memory --prompt-tokens 512 --inner 2 --rounds "$ROUNDS" --max-seconds 300 --kernel-clock \
+    ${RUNTIME_EXTRA:-} \
     --out "$OUT/runtime-$tag.json" 2>&1 | tee "$OUT/runtime-$tag.log"
 echo "bench_runtime rc ${PIPESTATUS[0]}"

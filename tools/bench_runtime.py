@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 
 from runtime_bench import QUICK, SHAPES, BenchOptions, markdown_table, run_benchmark
-from runtime_bench.options import CLOCKS, DTYPES, EMBEDDED
+from runtime_bench.options import DTYPES, EMBEDDED, clocks
 
 
 INT_OPTIONS = ("threads", "rounds", "inner", "prompt_tokens", "new_tokens", "batch", "layers", "neurons", "pad_to",
@@ -63,6 +63,8 @@ def parse(argv: list[str] | None) -> tuple[BenchOptions, Path]:
     parser.add_argument("--strength", type=float, default=defaults.strength)
     parser.add_argument("--baked-in-memory", action="store_true", help="merge in memory, no save/load round trip")
     parser.add_argument("--no-peers", action="store_true", help="leave out steering-vectors and repeng")
+    parser.add_argument("--kernel-clock", action="store_true",
+                        help="also sum the profiler's kernel times per call (a profiled call after each timed one)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, 16 prompt and 8 new tokens")
     parser.add_argument("--out", type=Path, default=None, help="result JSON (default docs/benchmarks/runtime-*.json)")
     args = parser.parse_args(argv)
@@ -71,7 +73,8 @@ def parse(argv: list[str] | None) -> tuple[BenchOptions, Path]:
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     options = BenchOptions(shape=args.shape, device=args.device, dtype=args.dtype, strength=args.strength,
-                           baked_in_memory=args.baked_in_memory, peers=not args.no_peers, **values)
+                           baked_in_memory=args.baked_in_memory, peers=not args.no_peers,
+                           kernel_clock=args.kernel_clock, **values)
     return options, args.out or default_out(options, args.quick)
 
 
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     result["command"] = " ".join([".venv/bin/python", "tools/bench_runtime.py", *(sys.argv[1:] if argv is None
                                                                                   else argv)])
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
-    for clock in CLOCKS:
+    for clock in clocks(options):
         print(markdown_table(result, clock))
         print(f"{clock} resolution (base-again ratio's 95% CI, largest distance from 1): "
               + (", ".join(f"{w} {v:.1%}" for w, v in result["resolution"].get(clock, {}).items())

@@ -85,3 +85,21 @@ def test_ratios_are_paired_per_round():
     adapter = next(r for r in rows if r["arm"] == "adapter" and r["workload"] == "decode_b1")
     assert adapter["ratio_median"] == pytest.approx(1.1) and adapter["ratio_ci95"] == pytest.approx([1.1, 1.1])
     assert stats.resolution(rows) == {"cpu": {w: pytest.approx(0.0) for w in times}}
+
+
+def test_the_kernel_clock_adds_a_row_per_arm_and_workload_from_the_profiler():
+    threads = torch.get_num_threads()
+    try:
+        options = core.BenchOptions(shape="tiny", rounds=2, prompt_tokens=8, new_tokens=2, batch=2, peers=False,
+                                    kernel_clock=True)
+        result = core.run_benchmark(options, log=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
+    rows = [row for row in result["rows"] if row["clock"] == "kernels"]
+    assert {(row["workload"], row["arm"]) for row in rows} == {
+        (w, a) for w in ("prefill_b1", "prefill_batch", "decode_b1") for a in MASTEER_ARMS}
+    for row in rows:   # the operators' summed time: positive, and of the order of the call's wall time (a
+                       # separate, profiled run, so not bounded by it exactly)
+        wall = next(r for r in result["rows"] if r["clock"] == "wall" and r["workload"] == row["workload"]
+                    and r["arm"] == row["arm"])
+        assert 0 < row["min_ms"] and row["median_ms"] < 3 * wall["median_ms"], (row, wall)

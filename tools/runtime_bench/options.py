@@ -31,6 +31,11 @@ BASE, BASE_AGAIN, ADAPTER, BAKED, BAKED_UNPADDED = "base", "base-again", "adapte
 STEERING_VECTORS, REPENG = "steering-vectors", "repeng"
 WORKLOADS = ("prefill_b1", "prefill_batch", "decode_b1")
 CLOCKS = ("wall", "cpu")  # wall clock, and this process's CPU time (the work, not the wait, on a shared CPU)
+KERNELS = "kernels"       # the profiler's summed kernel (GPU) or operator (CPU) times: the work, not the host
+
+
+def clocks(options: "BenchOptions") -> tuple[str, ...]:
+    return CLOCKS + ((KERNELS,) if options.kernel_clock else ())
 
 
 @dataclass
@@ -54,6 +59,7 @@ class BenchOptions:
     seed: int = 0
     depth: int = 0                 # decoder layers; 0: the shape's own (fewer fit more copies on one device)
     max_seconds: int = 0           # start no round after this long (a lent GPU's lease); 0: all rounds
+    kernel_clock: bool = False     # also a profiled call per measurement: summed kernel times (timing.kernel_seconds)
 
     def __post_init__(self):
         if self.shape not in SHAPES and self.shape != EMBEDDED:

@@ -12,7 +12,7 @@ import torch
 
 from .arms import build_arms
 from .exactness import logit_checks
-from .options import CLOCKS, BenchOptions
+from .options import BenchOptions, clocks
 from .stats import resolution, summarise
 from .timing import run_rounds, workload_inputs
 
@@ -41,7 +41,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     checks = logit_checks(arms, inputs["prefill_b1"])
     log("logit checks: " + ", ".join(f"{k} {v:.3g}" for k, v in checks.items()))
     times, errors = run_rounds(arms, options, inputs, log)
-    rows = [row for clock in CLOCKS for row in summarise(times[clock], errors, clock)]
+    rows = [row for clock in clocks(options) for row in summarise(times[clock], errors, clock)]
     return {"options": asdict(options), "machine_before": before,
             "load_average_after": [round(x, 2) for x in os.getloadavg()], "built": built,
             "arms": {arm.name: arm.note for arm in arms}, "logit_checks": checks, "rows": rows,

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from .arms import Arm
-from .options import CLOCKS, WORKLOADS, BenchOptions
+from .options import CLOCKS, KERNELS, WORKLOADS, BenchOptions, clocks
 
 
 def workload_inputs(options: BenchOptions, vocab: int) -> dict[str, dict]:
@@ -60,16 +60,42 @@ def measure(arm: Arm, call: Callable[[], object], device: str, inner: int, warm:
         return (time.perf_counter() - wall) / inner, (time.process_time() - cpu) / inner
 
 
+def kernel_seconds(arm: Arm, call: Callable[[], object], device: str, inner: int) -> float:
+    """Seconds of work per call by the profiler: the self times of every GPU kernel (or, on a CPU, of every
+    operator) summed over ``inner`` calls, in a profiled run of its own (profiling slows the host, so it never
+    shares a run with the wall clock).
+
+    Why a third clock: on a lent GPU the wall clock of a host-bound decode wandered 2x between rounds (845-1575
+    ms for the same 32 tokens of an 8B shape, resolution 17%), so it could not tell 3% apart. The kernels' summed
+    time is what an arm adds to the device's work whatever the host's speed, which is the cost a server that
+    feeds the GPU well (CUDA graphs, vLLM) would see. It leaves out launch overhead: read it beside the wall."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.startswith("cuda")
+    with arm.active(), profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(inner):
+            call()
+        synchronise(device)
+    if cuda:
+        total_us = sum(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0
+                       for e in prof.key_averages())
+    else:
+        total_us = sum(e.self_cpu_time_total for e in prof.key_averages())
+    if total_us <= 0:
+        raise RuntimeError(f"the profiler recorded no {'kernel' if cuda else 'operator'} time on {device}")
+    return total_us / 1e6 / inner
+
+
 def run_rounds(arms: list[Arm], options: BenchOptions, inputs: dict[str, dict],
                log: Callable[[str], None] = print) -> tuple[dict, dict]:
     """Warm every (workload, arm) once, then ``rounds`` interleaved rounds.
 
-    Returns ({clock: {workload: {arm: [seconds per round]}}} for the clocks ``wall`` and ``cpu``,
-    {workload: {arm: error}}); an arm whose warm-up raised is recorded with the error and left out of the rounds.
+    Returns ({clock: {workload: {arm: [seconds per round]}}} for the clocks ``wall`` and ``cpu`` (and
+    ``kernels`` with ``options.kernel_clock``), {workload: {arm: error}}); an arm whose warm-up raised is recorded
+    with the error and left out of the rounds.
     With ``options.max_seconds``, no round starts after that many seconds from the first: fewer rounds, all
     complete (every arm measured in each), so the result stays paired."""
     started_all = time.perf_counter()
-    times = {clock: {w: {a.name: [] for a in arms} for w in WORKLOADS} for clock in CLOCKS}
+    times = {clock: {w: {a.name: [] for a in arms} for w in WORKLOADS} for clock in clocks(options)}
     errors: dict[str, dict[str, str]] = {w: {} for w in WORKLOADS}
     with torch.inference_mode():
         for workload in WORKLOADS:
@@ -81,7 +107,7 @@ def run_rounds(arms: list[Arm], options: BenchOptions, inputs: dict[str, dict],
                     last = traceback.extract_tb(exc.__traceback__)[-1]
                     errors[workload][arm.name] = (f"{type(exc).__name__}: {exc} "
                                                   f"(at {Path(last.filename).name}:{last.lineno})")
-                    for clock in CLOCKS:
+                    for clock in times:
                         times[clock][workload].pop(arm.name)
                     log(f"  {workload:13s} {arm.name}: FAILED {errors[workload][arm.name]}")
         for r in range(options.rounds):
@@ -98,5 +124,8 @@ def run_rounds(arms: list[Arm], options: BenchOptions, inputs: dict[str, dict],
                                           warm=options.device.startswith("cuda") and workload.startswith("prefill"))
                         for clock, value in zip(CLOCKS, seconds):
                             times[clock][workload][arm.name].append(value)
+                        if options.kernel_clock:
+                            times[KERNELS][workload][arm.name].append(
+                                kernel_seconds(arm, call, options.device, options.inner))
             log(f"  round {r + 1}/{options.rounds}: {time.perf_counter() - started:.1f} s")
     return times, errors
