@@ -85,11 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     result["command"] = " ".join([".venv/bin/python", "tools/bench_runtime.py", *(sys.argv[1:] if argv is None
                                                                                   else argv)])
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
-    for clock in clocks(options):
+    for clock in (c for c in clocks(options) if any(row["clock"] == c for row in result["rows"])):
         print(markdown_table(result, clock))
         print(f"{clock} resolution (base-again ratio's 95% CI, largest distance from 1): "
               + (", ".join(f"{w} {v:.1%}" for w, v in result["resolution"].get(clock, {}).items())
                  or "none: fewer than 6 rounds give no 95% interval"))
+    if "kernel_clock_error" in result:
+        print(f"kernel clock dropped: {result['kernel_clock_error']}")
     print(f"load average before {result['machine_before']['load_average']} after {result['load_average_after']}; "
           f"{result['wall_s']:.0f} s; wrote {out}")
     return 0

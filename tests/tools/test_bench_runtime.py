@@ -103,3 +103,21 @@ def test_the_kernel_clock_adds_a_row_per_arm_and_workload_from_the_profiler():
         wall = next(r for r in result["rows"] if r["clock"] == "wall" and r["workload"] == row["workload"]
                     and r["arm"] == row["arm"])
         assert 0 < row["min_ms"] and row["median_ms"] < 3 * wall["median_ms"], (row, wall)
+
+
+def test_a_failing_profiler_drops_the_kernel_clock_and_keeps_the_run(monkeypatch):
+    timing = importlib.import_module("runtime_bench.timing")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUPTI unavailable")
+    monkeypatch.setattr(timing, "kernel_seconds", broken)
+    threads = torch.get_num_threads()
+    try:
+        options = core.BenchOptions(shape="tiny", rounds=2, prompt_tokens=8, new_tokens=2, batch=2, peers=False,
+                                    kernel_clock=True)
+        result = core.run_benchmark(options, log=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert result["kernel_clock_error"] == "RuntimeError: CUPTI unavailable"
+    assert {row["clock"] for row in result["rows"]} == {"wall", "cpu"}
+    assert all(row["rounds"] == 2 for row in result["rows"] if row["clock"] == "wall")

@@ -14,7 +14,7 @@ from .arms import build_arms
 from .exactness import logit_checks
 from .options import BenchOptions, clocks
 from .stats import resolution, summarise
-from .timing import run_rounds, workload_inputs
+from .timing import KERNEL_CLOCK_ERROR, run_rounds, workload_inputs
 
 
 def machine(options: BenchOptions) -> dict:
@@ -41,8 +41,9 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     checks = logit_checks(arms, inputs["prefill_b1"])
     log("logit checks: " + ", ".join(f"{k} {v:.3g}" for k, v in checks.items()))
     times, errors = run_rounds(arms, options, inputs, log)
-    rows = [row for clock in clocks(options) for row in summarise(times[clock], errors, clock)]
+    rows = [row for clock in clocks(options) if clock in times for row in summarise(times[clock], errors, clock)]
     return {"options": asdict(options), "machine_before": before,
             "load_average_after": [round(x, 2) for x in os.getloadavg()], "built": built,
             "arms": {arm.name: arm.note for arm in arms}, "logit_checks": checks, "rows": rows,
-            "resolution": resolution(rows), "raw_seconds": times, "wall_s": round(time.perf_counter() - started, 1)}
+            "resolution": resolution(rows), "raw_seconds": times, "wall_s": round(time.perf_counter() - started, 1),
+            **({"kernel_clock_error": errors[KERNEL_CLOCK_ERROR]} if KERNEL_CLOCK_ERROR in errors else {})}

@@ -12,6 +12,8 @@ import torch
 from .arms import Arm
 from .options import CLOCKS, KERNELS, WORKLOADS, BenchOptions, clocks
 
+KERNEL_CLOCK_ERROR = "kernel_clock"
+
 
 def workload_inputs(options: BenchOptions, vocab: int) -> dict[str, dict]:
     """Random token ids (no special ids, no padding), one input set per workload."""
@@ -91,7 +93,8 @@ def run_rounds(arms: list[Arm], options: BenchOptions, inputs: dict[str, dict],
 
     Returns ({clock: {workload: {arm: [seconds per round]}}} for the clocks ``wall`` and ``cpu`` (and
     ``kernels`` with ``options.kernel_clock``), {workload: {arm: error}}); an arm whose warm-up raised is recorded
-    with the error and left out of the rounds.
+    with the error and left out of the rounds. If the profiler fails, the kernel clock is dropped and its error
+    kept as ``errors[KERNEL_CLOCK_ERROR]``; the other clocks go on.
     With ``options.max_seconds``, no round starts after that many seconds from the first: fewer rounds, all
     complete (every arm measured in each), so the result stays paired."""
     started_all = time.perf_counter()
@@ -124,8 +127,13 @@ def run_rounds(arms: list[Arm], options: BenchOptions, inputs: dict[str, dict],
                                           warm=options.device.startswith("cuda") and workload.startswith("prefill"))
                         for clock, value in zip(CLOCKS, seconds):
                             times[clock][workload][arm.name].append(value)
-                        if options.kernel_clock:
-                            times[KERNELS][workload][arm.name].append(
-                                kernel_seconds(arm, call, options.device, options.inner))
+                        if KERNELS in times:
+                            try:
+                                times[KERNELS][workload][arm.name].append(
+                                    kernel_seconds(arm, call, options.device, options.inner))
+                            except Exception as exc:  # noqa: BLE001 - a profiler failure must not cost the run
+                                errors[KERNEL_CLOCK_ERROR] = f"{type(exc).__name__}: {exc}"
+                                times.pop(KERNELS)
+                                log(f"  kernel clock dropped: {errors[KERNEL_CLOCK_ERROR]}")
             log(f"  round {r + 1}/{options.rounds}: {time.perf_counter() - started:.1f} s")
     return times, errors
