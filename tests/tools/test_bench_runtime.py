@@ -87,14 +87,19 @@ def test_ratios_are_paired_per_round():
     assert stats.resolution(rows) == {"cpu": {w: pytest.approx(0.0) for w in times}}
 
 
-def test_the_kernel_clock_adds_a_row_per_arm_and_workload_from_the_profiler():
+def _kernel_clock_run() -> dict:
+    """A two-round run of the tiny Llama with the kernel clock on (no peers)."""
     threads = torch.get_num_threads()
     try:
         options = core.BenchOptions(shape="tiny", rounds=2, prompt_tokens=8, new_tokens=2, batch=2, peers=False,
                                     kernel_clock=True)
-        result = core.run_benchmark(options, log=lambda line: None)
+        return core.run_benchmark(options, log=lambda line: None)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_kernel_clock_adds_a_row_per_arm_and_workload_from_the_profiler():
+    result = _kernel_clock_run()
     rows = [row for row in result["rows"] if row["clock"] == "kernels"]
     assert {(row["workload"], row["arm"]) for row in rows} == {
         (w, a) for w in ("prefill_b1", "prefill_batch", "decode_b1") for a in MASTEER_ARMS}
@@ -111,13 +116,7 @@ def test_a_failing_profiler_drops_the_kernel_clock_and_keeps_the_run(monkeypatch
     def broken(*args, **kwargs):
         raise RuntimeError("CUPTI unavailable")
     monkeypatch.setattr(timing, "kernel_seconds", broken)
-    threads = torch.get_num_threads()
-    try:
-        options = core.BenchOptions(shape="tiny", rounds=2, prompt_tokens=8, new_tokens=2, batch=2, peers=False,
-                                    kernel_clock=True)
-        result = core.run_benchmark(options, log=lambda line: None)
-    finally:
-        torch.set_num_threads(threads)
+    result = _kernel_clock_run()
     assert result["kernel_clock_error"] == "RuntimeError: CUPTI unavailable"
     assert {row["clock"] for row in result["rows"]} == {"wall", "cpu"}
     assert all(row["rounds"] == 2 for row in result["rows"] if row["clock"] == "wall")
