@@ -6,6 +6,7 @@ import json
 import math
 from typing import TYPE_CHECKING
 
+from .hosts import intermediate_size
 from .kinds import ABLATION, ADDITIVE, KINDS, NEURON, ROTATION
 
 if TYPE_CHECKING:   # the artifact writes cards, so the card module must not import it at run time
@@ -90,13 +91,22 @@ def _scale_note(scale: float) -> str:
             f"merging (`baked_scale` in `masteer_program.json`).{reversed_}\n\n")
 
 
+def _width_note(model, adapter: SteeringAdapter | None) -> str:
+    """What the widened MLP holds, so a reader of the config's odd-looking width knows it is on purpose."""
+    if adapter is None or not adapter.strategies_of_kind(NEURON):
+        return ""
+    return (f"Its MLPs are {intermediate_size(model)} wide: the base model's neurons, the steering neurons, and "
+            "zero neurons that compute exactly nothing (on layers with fewer steering neurons, and padding the "
+            "width to a multiple of 64, which GPUs run much faster; `masteer bake --pad-to 0` leaves it out). ")
+
+
 def baked_card(model, adapter: SteeringAdapter | None, scale: float = 1.0) -> str:
     base = adapter.base_model_name_or_path if adapter else getattr(model.config, "_name_or_path", "")
     front = _front_matter({"base_model": base, "library_name": "transformers",
                            "tags": ["masteer", "steering", "baked"]})
     body = (f"{front}\n# Baked masteer checkpoint\n\nThe base model `{base}` with a masteer steering program "
             "merged into its weights (widened MLPs; orthogonalised residual writers for an ablation). "
-            "It loads with plain `transformers` "
+            + _width_note(model, adapter) + "It loads with plain `transformers` "
             "(`AutoModelForCausalLM.from_pretrained`), and so with vLLM and other engines: no masteer code "
             "is needed. The program it holds is in `masteer_program.json`.\n\n")
     body += _scale_note(scale)

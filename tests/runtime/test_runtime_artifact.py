@@ -308,4 +308,5 @@ def test_additive_strategy_bakes_exactly_or_refuses_by_name(kind, tmp_path):
     baked_only = AutoModelForCausalLM.from_pretrained(bake(tiny_model(kind), only, tmp_path / "only")).eval()
     assert (logits(baked_only, inputs)[mask] - steered_only[mask]).abs().max().item() <= 1e-4
     from masteer.runtime.hosts import intermediate_size
-    assert intermediate_size(baked_only) == intermediate_size(tiny_model(kind))
+    assert intermediate_size(baked_only) == intermediate_size(tiny_model(kind))   # no padding without neurons
+    assert "MLPs are" not in (tmp_path / "only" / "README.md").read_text()           # nor a width note on its card

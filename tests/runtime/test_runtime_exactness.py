@@ -95,6 +95,9 @@ def test_save_baked_roundtrips_merged_model(kind, tmp_path):
     assert torch.equal(logits(reloaded, inputs), logits(merged, inputs))
     readme = (folder / "README.md").read_text()
     assert readme.startswith("---\n") and "baked" in readme
+    width = reloaded.config.intermediate_size if kind != "gpt2" else reloaded.config.n_inner
+    assert width % 64 == 0 and f"Its MLPs are {width} wide" in readme   # the padded width, said on the card
+    assert json.loads((folder / "masteer_program.json").read_text())["baked_mlp_width"] == width
 
 
 def test_bake_with_scale_equals_adapter_with_same_scale(kind, tmp_path):
