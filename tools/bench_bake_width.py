@@ -12,7 +12,7 @@ only zero neurons and zero biases (so every variant computes the base model's lo
 those effects: base, a plain copy (memory placement), +bias, +K neurons, padded to a multiple of 64, and both.
 Prefill at one batch, interleaved rounds, this process's CPU time (one thread; see bench_runtime.py for why)
 and the wall clock (the one to read on a GPU: the work is synchronised before each reading), paired ratio to base
-with a distribution-free 95% interval. ``--depth`` keeps fewer decoder layers so that seven copies of a large
+with a distribution-free 95% interval. ``--depth`` keeps fewer decoder layers so that all the copies of a large
 shape fit on one device; each layer is timed alike, so the ratios are the full model's.
 """
 
@@ -40,9 +40,10 @@ def variants(base, extra: int, multiples: list[int]) -> dict[str, torch.nn.Modul
     """The base model and copies that differ from it only by zero neurons and zero biases: the exact bake width
     (``extra`` more neurons) and that width padded to each of ``multiples``, each without and with MLP biases."""
     from masteer.runtime import merge_into_model
+    from masteer.runtime.bake import padded_width
     from masteer.runtime.hosts import intermediate_size
     width = intermediate_size(base)
-    widths = sorted({extra + (-(width + extra) % m) for m in multiples} | {extra})
+    widths = sorted({padded_width(extra, width, m) for m in multiples} | {extra})
 
     def widened(neurons: int, bias: bool):
         return merge_into_model(copy.deepcopy(base), zero_program(base, neurons, bias), pad_to=0).eval()

@@ -62,10 +62,10 @@ def measure(arm: Arm, call: Callable[[], object], device: str, inner: int, warm:
         return (time.perf_counter() - wall) / inner, (time.process_time() - cpu) / inner
 
 
-def kernel_seconds(arm: Arm, call: Callable[[], object], device: str, inner: int) -> float:
-    """Seconds of work per call by the profiler: the self times of every GPU kernel (or, on a CPU, of every
-    operator) summed over ``inner`` calls, in a profiled run of its own (profiling slows the host, so it never
-    shares a run with the wall clock).
+def kernel_seconds(arm: Arm, call: Callable[[], object], device: str) -> float:
+    """Seconds of work of one call by the profiler: the self times of every GPU kernel (or, on a CPU, of every
+    operator) summed, in a profiled call of its own (profiling slows the host, so it never shares a call with the
+    wall clock; kernel times barely vary, so one call is enough).
 
     Why a third clock: on a lent GPU the wall clock of a host-bound decode wandered 2x between rounds (845-1575
     ms for the same 32 tokens of an 8B shape, resolution 17%), so it could not tell 3% apart. The kernels' summed
@@ -74,8 +74,7 @@ def kernel_seconds(arm: Arm, call: Callable[[], object], device: str, inner: int
     from torch.profiler import ProfilerActivity, profile
     cuda = device.startswith("cuda")
     with arm.active(), profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
-        for _ in range(inner):
-            call()
+        call()
         synchronise(device)
     if cuda:
         total_us = sum(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0
@@ -84,7 +83,7 @@ def kernel_seconds(arm: Arm, call: Callable[[], object], device: str, inner: int
         total_us = sum(e.self_cpu_time_total for e in prof.key_averages())
     if total_us <= 0:
         raise RuntimeError(f"the profiler recorded no {'kernel' if cuda else 'operator'} time on {device}")
-    return total_us / 1e6 / inner
+    return total_us / 1e6
 
 
 def run_rounds(arms: list[Arm], options: BenchOptions, inputs: dict[str, dict],
@@ -130,7 +129,7 @@ def run_rounds(arms: list[Arm], options: BenchOptions, inputs: dict[str, dict],
                         if KERNELS in times:
                             try:
                                 times[KERNELS][workload][arm.name].append(
-                                    kernel_seconds(arm, call, options.device, 1))  # kernel times barely vary
+                                    kernel_seconds(arm, call, options.device))
                             except Exception as exc:  # noqa: BLE001 - a profiler failure must not cost the run
                                 errors[KERNEL_CLOCK_ERROR] = f"{type(exc).__name__}: {exc}"
                                 times.pop(KERNELS)
