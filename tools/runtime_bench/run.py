@@ -14,7 +14,7 @@ from .arms import build_arms
 from .exactness import logit_checks
 from .options import BenchOptions
 from .stats import resolution, summarise
-from .timing import KERNEL_CLOCK_ERROR, run_rounds, workload_inputs
+from .timing import run_rounds, workload_inputs
 
 
 def machine(options: BenchOptions) -> dict:
@@ -40,10 +40,12 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     inputs = workload_inputs(options, vocab)
     checks = logit_checks(arms, inputs["prefill_b1"])
     log("logit checks: " + ", ".join(f"{k} {v:.3g}" for k, v in checks.items()))
-    times, errors = run_rounds(arms, options, inputs, log)
-    rows = [row for clock in times for row in summarise(times[clock], errors, clock)]   # a dropped clock is absent
+    rounds = run_rounds(arms, options, inputs, log)
+    rows = [row for clock, times in rounds.times.items()
+            for row in summarise(times, rounds.errors, clock)]   # a dropped clock is absent
     return {"options": asdict(options), "machine_before": before,
             "load_average_after": [round(x, 2) for x in os.getloadavg()], "built": built,
             "arms": {arm.name: arm.note for arm in arms}, "logit_checks": checks, "rows": rows,
-            "resolution": resolution(rows), "raw_seconds": times, "wall_s": round(time.perf_counter() - started, 1),
-            **({"kernel_clock_error": errors[KERNEL_CLOCK_ERROR]} if KERNEL_CLOCK_ERROR in errors else {})}
+            "resolution": resolution(rows), "raw_seconds": rounds.times,
+            "wall_s": round(time.perf_counter() - started, 1),
+            **({"kernel_clock_error": rounds.kernel_clock_error} if rounds.kernel_clock_error else {})}

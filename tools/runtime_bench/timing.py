@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -12,7 +13,15 @@ import torch
 from .arms import Arm
 from .options import CLOCKS, KERNELS, WORKLOADS, BenchOptions, clocks
 
-KERNEL_CLOCK_ERROR = "kernel_clock"
+
+@dataclass
+class Rounds:
+    """What the interleaved rounds measured: ``times[clock][workload][arm]`` is seconds per round, ``errors``
+    the arms whose warm-up raised (``{workload: {arm: error}}``, left out of the rounds), and
+    ``kernel_clock_error`` why the profiler's clock was dropped, if it was (the other clocks went on)."""
+    times: dict[str, dict[str, dict[str, list[float]]]]
+    errors: dict[str, dict[str, str]]
+    kernel_clock_error: str | None = None
 
 
 def workload_inputs(options: BenchOptions, vocab: int) -> dict[str, dict]:
@@ -87,18 +96,16 @@ def kernel_seconds(arm: Arm, call: Callable[[], object], device: str) -> float:
 
 
 def run_rounds(arms: list[Arm], options: BenchOptions, inputs: dict[str, dict],
-               log: Callable[[str], None] = print) -> tuple[dict, dict]:
-    """Warm every (workload, arm) once, then ``rounds`` interleaved rounds.
-
-    Returns ({clock: {workload: {arm: [seconds per round]}}} for the clocks ``wall`` and ``cpu`` (and
-    ``kernels`` with ``options.kernel_clock``), {workload: {arm: error}}); an arm whose warm-up raised is recorded
-    with the error and left out of the rounds. If the profiler fails, the kernel clock is dropped and its error
-    kept as ``errors[KERNEL_CLOCK_ERROR]``; the other clocks go on.
+               log: Callable[[str], None] = print) -> Rounds:
+    """Warm every (workload, arm) once, then ``rounds`` interleaved rounds, on the clocks ``wall`` and ``cpu``
+    (and ``kernels`` with ``options.kernel_clock``). An arm whose warm-up raised is recorded with the error and
+    left out of the rounds; if the profiler fails, the kernel clock is dropped and the run goes on.
     With ``options.max_seconds``, no round starts after that many seconds from the first: fewer rounds, all
     complete (every arm measured in each), so the result stays paired."""
     started_all = time.perf_counter()
     times = {clock: {w: {a.name: [] for a in arms} for w in WORKLOADS} for clock in clocks(options)}
     errors: dict[str, dict[str, str]] = {w: {} for w in WORKLOADS}
+    kernel_clock_error = None
     with torch.inference_mode():
         for workload in WORKLOADS:
             for arm in arms:
@@ -131,8 +138,8 @@ def run_rounds(arms: list[Arm], options: BenchOptions, inputs: dict[str, dict],
                                 times[KERNELS][workload][arm.name].append(
                                     kernel_seconds(arm, call, options.device))
                             except Exception as exc:  # noqa: BLE001 - a profiler failure must not cost the run
-                                errors[KERNEL_CLOCK_ERROR] = f"{type(exc).__name__}: {exc}"
+                                kernel_clock_error = f"{type(exc).__name__}: {exc}"
                                 times.pop(KERNELS)
-                                log(f"  kernel clock dropped: {errors[KERNEL_CLOCK_ERROR]}")
+                                log(f"  kernel clock dropped: {kernel_clock_error}")
             log(f"  round {r + 1}/{options.rounds}: {time.perf_counter() - started:.1f} s")
-    return times, errors
+    return Rounds(times, errors, kernel_clock_error)
