@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from masteer.runtime.bake import check_pad_to
 from runtime_bench import BenchOptions
 from runtime_bench.baking import zero_program
 from runtime_bench.models import build_model
@@ -69,10 +70,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inner", type=int, default=1, help="calls per measurement (raise it on a GPU)")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/bake-width-cpu.json"))
     args = parser.parse_args(argv)
+    try:
+        options = BenchOptions(shape=args.shape, device=args.device, dtype=args.dtype, depth=args.depth)
+    except ValueError as exc:   # an unknown shape: one line naming it, no traceback
+        parser.error(str(exc))
+    try:
+        multiples = [check_pad_to(int(m)) for m in str(args.pad_to).split(",") if m.strip()]
+    except ValueError:
+        parser.error(f"--pad-to takes whole numbers >= 0, comma-separated (0: no padding), got {args.pad_to!r}")
+    for name in ("rounds", "batch", "tokens", "threads", "inner"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    base = build_model(BenchOptions(shape=args.shape, device=args.device, dtype=args.dtype, depth=args.depth))
-    models = variants(base, args.extra, [int(m) for m in str(args.pad_to).split(",") if m.strip()])
+    base = build_model(options)
+    models = variants(base, args.extra, multiples)
     ids = torch.randint(3, base.config.vocab_size, (args.batch, args.tokens),
                         generator=torch.Generator().manual_seed(0)).to(args.device)
     times = {clock: {name: [] for name in models} for clock in ("cpu", "wall")}

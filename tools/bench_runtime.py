@@ -72,9 +72,12 @@ def parse(argv: list[str] | None) -> tuple[BenchOptions, Path]:
     for name in INT_OPTIONS:
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
-    options = BenchOptions(shape=args.shape, device=args.device, dtype=args.dtype, strength=args.strength,
-                           baked_in_memory=args.baked_in_memory, peers=not args.no_peers,
-                           kernel_clock=args.kernel_clock, **values)
+    try:
+        options = BenchOptions(shape=args.shape, device=args.device, dtype=args.dtype, strength=args.strength,
+                               baked_in_memory=args.baked_in_memory, peers=not args.no_peers,
+                               kernel_clock=args.kernel_clock, **values)
+    except ValueError as exc:   # an unknown shape, a count below 1: one line naming the option, no traceback
+        parser.error(str(exc))
     return options, args.out or default_out(options, args.quick)
 
 

@@ -120,3 +120,37 @@ def test_a_failing_profiler_drops_the_kernel_clock_and_keeps_the_run(monkeypatch
     assert result["kernel_clock_error"] == "RuntimeError: CUPTI unavailable"
     assert {row["clock"] for row in result["rows"]} == {"wall", "cpu"}
     assert all(row["rounds"] == 2 for row in result["rows"] if row["clock"] == "wall")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--shape", "nonsense"], "unknown --shape 'nonsense'"),
+    (["--rounds", "0"], "--rounds must be at least 1, got 0"),
+])
+def test_bad_runtime_options_are_one_line_usage_errors(argv, message, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_runtime", TOOLS / "bench_runtime.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as stop:
+        module.parse([*argv, "--out", str(tmp_path / "r.json")])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--pad-to", "8,x"], "--pad-to takes whole numbers >= 0"),
+    (["--pad-to", "-3"], "--pad-to takes whole numbers >= 0"),
+    (["--shape", "nonsense"], "unknown --shape 'nonsense'"),
+    (["--batch", "0"], "--batch must be at least 1, got 0"),
+])
+def test_bad_bake_width_options_are_one_line_usage_errors_before_any_model_is_built(argv, message, tmp_path,
+                                                                                     capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_bake_width", TOOLS / "bench_bake_width.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "build_model", lambda *a, **k: pytest.fail("a model was built"))
+    with pytest.raises(SystemExit) as stop:
+        module.main([*argv, "--out", str(tmp_path / "w.json")])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "w.json").exists()
