@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("rounds", "batch", "tokens", "threads", "inner"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.extra < 0:
+        parser.error(f"--extra must be 0 or more, got {args.extra}")
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     base = build_model(options)

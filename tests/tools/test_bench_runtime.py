@@ -142,6 +142,7 @@ def test_bad_runtime_options_are_one_line_usage_errors(argv, message, tmp_path, 
     (["--pad-to", "-3"], "--pad-to takes whole numbers >= 0"),
     (["--shape", "nonsense"], "unknown --shape 'nonsense'"),
     (["--batch", "0"], "--batch must be at least 1, got 0"),
+    (["--extra", "-2"], "--extra must be 0 or more, got -2"),
 ])
 def test_bad_bake_width_options_are_one_line_usage_errors_before_any_model_is_built(argv, message, tmp_path,
                                                                                      capsys, monkeypatch):
