@@ -70,17 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inner", type=int, default=1, help="calls per measurement (raise it on a GPU)")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/bake-width-cpu.json"))
     args = parser.parse_args(argv)
-    try:
-        options = BenchOptions(shape=args.shape, device=args.device, dtype=args.dtype, depth=args.depth)
-    except ValueError as exc:   # an unknown shape: one line naming it, no traceback
+    try:   # the runtime benchmark's own checks: an unknown shape, a count below 1, a negative depth
+        options = BenchOptions(shape=args.shape, device=args.device, dtype=args.dtype, depth=args.depth,
+                               threads=args.threads, rounds=args.rounds, inner=args.inner, batch=args.batch)
+    except ValueError as exc:
         parser.error(str(exc))
     try:
         multiples = [check_pad_to(int(m)) for m in str(args.pad_to).split(",") if m.strip()]
     except ValueError:
         parser.error(f"--pad-to takes whole numbers >= 0, comma-separated (0: no padding), got {args.pad_to!r}")
-    for name in ("rounds", "batch", "tokens", "threads", "inner"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.tokens < 1:   # BenchOptions calls its prompt length --prompt-tokens: checked here under this tool's name
+        parser.error(f"--tokens must be at least 1, got {args.tokens}")
     if args.extra < 0:
         parser.error(f"--extra must be 0 or more, got {args.extra}")
     torch.set_num_threads(args.threads)

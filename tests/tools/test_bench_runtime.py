@@ -31,6 +31,14 @@ def load_core():
     return module
 
 
+def load_tool(name: str):
+    """A script of tools/ as a module (``name`` without .py), to call its parser or main."""
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 core = load_core()
 stats = importlib.import_module("runtime_bench.stats")
 
@@ -127,9 +135,7 @@ def test_a_failing_profiler_drops_the_kernel_clock_and_keeps_the_run(monkeypatch
     (["--rounds", "0"], "--rounds must be at least 1, got 0"),
 ])
 def test_bad_runtime_options_are_one_line_usage_errors(argv, message, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_runtime", TOOLS / "bench_runtime.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool("bench_runtime")
     with pytest.raises(SystemExit) as stop:
         module.parse([*argv, "--out", str(tmp_path / "r.json")])
     assert stop.value.code == 2
@@ -142,13 +148,12 @@ def test_bad_runtime_options_are_one_line_usage_errors(argv, message, tmp_path, 
     (["--pad-to", "-3"], "--pad-to takes whole numbers >= 0"),
     (["--shape", "nonsense"], "unknown --shape 'nonsense'"),
     (["--batch", "0"], "--batch must be at least 1, got 0"),
+    (["--tokens", "0"], "--tokens must be at least 1, got 0"),
     (["--extra", "-2"], "--extra must be 0 or more, got -2"),
 ])
 def test_bad_bake_width_options_are_one_line_usage_errors_before_any_model_is_built(argv, message, tmp_path,
                                                                                      capsys, monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_bake_width", TOOLS / "bench_bake_width.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool("bench_bake_width")
     monkeypatch.setattr(module, "build_model", lambda *a, **k: pytest.fail("a model was built"))
     with pytest.raises(SystemExit) as stop:
         module.main([*argv, "--out", str(tmp_path / "w.json")])
