@@ -30,7 +30,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 links=$(mktemp -d)/masteer-src
 mkdir -p "$links/masteer" && ln -s "$PWD/runtime" "$links/masteer/runtime"
-export PYTHONPATH=$links:$PYTHONPATH
+export PYTHONPATH=$links${PYTHONPATH:+:$PYTHONPATH}   # set -u: unset when no peer wheels were carried
 { date -u; nvidia-smi 2>/dev/null || echo "no nvidia-smi"; "$PY" -c "import torch, transformers;
 print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"; } \
     2>&1 | tee "$OUT/machine.txt"
