@@ -39,11 +39,15 @@ timeout "${WIDTH_TIMEOUT:-170}" "$PY" tools/bench_bake_width.py --device "$DEVIC
     --depth "$DEPTH" --batch 16 --tokens 512 --inner 5 --rounds "$ROUNDS" --pad-to 8,16,64 \
     --out "$OUT/bake-width-$tag.json" 2>&1 | tee "$OUT/bake-width-$tag.log"
 echo "bench_bake_width rc ${PIPESTATUS[0]}"
-# RUNTIME_EXTRA: more bench_runtime.py options, which override these (more rounds in the same time: --no-peers,
-# the peers' wall clock having been measured on 2026-12-04). With the kernel clock a round of 7 arms on the 8B shape
-# should take about 35 s (an estimate: 21 s without it), so --max-seconds 240 gives about 7 rounds.
+# Rounds on the 8B shape with the kernel clock took 50-57 s with the five own arms and 74-82 s with the two peers
+# as well (2026-12-04, 18:01-18:11; the profiled calls cost more than the estimate of 35 s written here before),
+# and a 95% interval needs 6 rounds: so the peers are left out unless PEERS=1 (their wall clock was measured at
+# 11:59 that day with 12 rounds, their kernel clock at 18:01 with 3), and rounds start for 300 s (6 rounds; the whole script about 8.5 minutes).
+# RUNTIME_EXTRA: more bench_runtime.py options, which override these.
+peers=--no-peers
+[ "${PEERS:-0}" = 1 ] && peers=
 timeout "${RUNTIME_TIMEOUT:-400}" "$PY" tools/bench_runtime.py --device "$DEVICE" --dtype "$DTYPE" --shape "$SHAPE" \
-    --baked-in-memory --prompt-tokens 512 --inner 2 --rounds "$ROUNDS" --max-seconds 240 --kernel-clock \
+    --baked-in-memory --prompt-tokens 512 --inner 2 --rounds "$ROUNDS" --max-seconds 300 --kernel-clock $peers \
     ${RUNTIME_EXTRA:-} \
     --out "$OUT/runtime-$tag.json" 2>&1 | tee "$OUT/runtime-$tag.log"
 echo "bench_runtime rc ${PIPESTATUS[0]}"
