@@ -191,7 +191,8 @@ def _compile_options(func):
                      show_default=True, help="What calibration and the program search score and generate with: "
                                              "exact = the model as loaded; bf16 = a bfloat16 copy (about 2.4x "
                                              "faster where the CPU/GPU has bfloat16 units; may choose another "
-                                             "program); auto = bf16 where there are such units. The evaluation "
+                                             "program); bf16-search = calibration exact, the program search on "
+                                             "the copy; auto = bf16 where there are such units. The evaluation "
                                              "always measures the model as loaded."),
     ]
     for option in reversed(options):

@@ -51,7 +51,7 @@ from .program.applicability import adapter_drift, score_adapter
 from .evaluation.gate_report import gate_reports, open_share, prompt_openings
 from .common.batching import generation_batch
 from .common.models import LoadedModel, load_model
-from .common.names import SELECTION_EXACT
+from .common.names import SELECTION_BF16_SEARCH, SELECTION_EXACT
 from .common.selection_model import selection_model
 from .capture.cache import BaseArmCache, ResultCache, arm_key, stored_results_name, stored_results_root
 from .common.prefix_replay import first_steered_layer
@@ -294,8 +294,11 @@ def compile_program(options: CompileOptions, preset: AdaptiveOptions | SingleStr
 
     clock = time.perf_counter()
     chooser, precision = selection_model(loaded, options.selection_precision)   # scores and generates to choose
-    log(f"selection precision: {precision}" + (" (a bfloat16 copy scores and generates to choose; the evaluation "
-                                                "measures the model as loaded)" if chooser is not loaded else ""))
+    log(f"selection precision: {precision}" + (
+        "" if chooser is loaded else
+        " (the library calibrates on the model as loaded, a bfloat16 copy scores and generates for the program search; "
+        "the evaluation measures the model as loaded)" if precision == SELECTION_BF16_SEARCH else
+        " (a bfloat16 copy scores and generates to choose; the evaluation measures the model as loaded)"))
     model, tokenizer = chooser.model, chooser.tokenizer
     # the search's greedy val answers, kept: the static matching reads the program's from here (the model as loaded
     # only: a bfloat16 chooser answers otherwise)
@@ -306,20 +309,25 @@ def compile_program(options: CompileOptions, preset: AdaptiveOptions | SingleStr
         val_items, val_ids = applicability_targets(val)
         neutral_val = [s.prompt for s in val if s.label == NEUTRAL]
         # the program search scores the val targets and neutral prompts too: one scorer, its base passes made once
-        val_scorer = HeldOutScorer(model, tokenizer, val_items, neutral_val, options.batch_size, replay_layers=layers)
+        # (with bf16-search the library calibrates on the model as loaded, so it keeps a scorer of its own)
+        calibrator = loaded if precision == SELECTION_BF16_SEARCH else chooser
+        calibration_scorer = HeldOutScorer(calibrator.model, tokenizer, val_items, neutral_val, options.batch_size,
+                                           replay_layers=layers)
         proposals: dict = {}
-        rows = library_table(model, tokenizer, base, seqs.fit_inputs(acts), val_pairs, val, layers,
+        rows = library_table(calibrator.model, tokenizer, base, seqs.fit_inputs(acts), val_pairs, val, layers,
                              algorithms=program_algorithms(adaptive), keep_layers=adaptive.keep_layers,
                              budget=adaptive.budget,
                              batch_size=options.batch_size, progress=options.progress, log=log,
                              strengths=COMPILE_STRENGTHS, proposals_out=proposals,
-                             scorer=val_scorer if val_items == calibration_pairs(val) else None)
+                             scorer=calibration_scorer if val_items == calibration_pairs(val) else None)
         timings["library"] = time.perf_counter() - clock
         candidates = candidates_from(rows, proposals, recipe, strength)
         if not candidates:
             raise MasteerError(f"no gateable strategy could be fitted at layers {list(layers)}; see the library rows")
 
         clock = time.perf_counter()
+        val_scorer = (calibration_scorer if calibrator is chooser else
+                      HeldOutScorer(model, tokenizer, val_items, neutral_val, options.batch_size, replay_layers=layers))
         train_items, train_ids = applicability_targets(samples.select(split="train"), limit=TRAIN_APPLICABILITY)
         candidate_layers = sorted({c.proposal.layer for c in candidates})
         ctx = ProgramContext(acts=acts, sequences=seqs.samples, roles=seqs.roles, host_form=host_layout(model).form,

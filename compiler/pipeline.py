@@ -64,7 +64,8 @@ class CompileOptions:
     store_base_results: bool = True     # keep the base model's evaluation answers and values for later compiles
     # what calibration and the program search score and generate with (``common.selection_model``): "exact" =
     # the model as loaded, "bf16" = a bfloat16 copy (2.4x faster selection on 2 AMX cores, but it chose another
-    # program of the same quality on refusal: docs/benchmarks/compile.md), "auto" = bf16 where the device has
+    # program of the same quality on refusal: docs/benchmarks/compile.md), "bf16-search" = the library calibrated
+    # on the model as loaded and the program search on the copy, "auto" = bf16 where the device has
     # bfloat16 units, else exact; the evaluation always measures the model as loaded
     selection_precision: str = SELECTION_EXACT
 

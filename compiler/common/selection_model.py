@@ -21,6 +21,10 @@ specialised one anchor on a slightly different set of training targets, which le
 the neutral-prompt limit; the program (logistic probe + LDA at layer 14 instead of the probe alone) refused
 67.4% of the harmful test prompts instead of 69.5% and 13.8% of the benign instead of 12.5%: within the
 noise of 190 and 160 prompts, but not the same program (docs/benchmarks/compile.md).
+
+``bf16-search`` keeps the library's calibration on the model as loaded (its best always-on strategies are
+within 0.007 nats of each other on refusal, so a bfloat16 ranking picked another static baseline) and runs
+the program search alone on the copy: README's tables and adapter unchanged, 5.1 against 5.7 minutes.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ import torch
 from masteer.runtime.errors import MasteerError
 
 from .models import LoadedModel
-from .names import SELECTION_AUTO as AUTO, SELECTION_BF16 as BF16, SELECTION_EXACT as EXACT, SELECTION_PRECISIONS
+from .names import (SELECTION_AUTO as AUTO, SELECTION_BF16 as BF16, SELECTION_BF16_SEARCH as BF16_SEARCH,
+                    SELECTION_EXACT as EXACT, SELECTION_PRECISIONS)
 
 
 def fast_bfloat16(device: torch.device) -> bool:
@@ -54,8 +59,8 @@ def resolve_precision(requested: str, model: torch.nn.Module) -> str:
     parameter = next(model.parameters())
     if requested == AUTO:
         return BF16 if parameter.dtype == torch.float32 and fast_bfloat16(parameter.device) else EXACT
-    if requested == BF16 and parameter.dtype not in (torch.float32, torch.bfloat16):
-        raise MasteerError(f"selection precision bf16 needs a float32 or bfloat16 model, got {parameter.dtype}")
+    if requested in (BF16, BF16_SEARCH) and parameter.dtype not in (torch.float32, torch.bfloat16):
+        raise MasteerError(f"selection precision {requested} needs a float32 or bfloat16 model, got {parameter.dtype}")
     return requested
 
 
@@ -76,7 +81,8 @@ def bfloat16_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 def selection_model(loaded: LoadedModel, requested: str = EXACT) -> tuple[LoadedModel, str]:
     """(the model the selection stages run on, the precision resolved): ``loaded`` itself for ``exact`` or a
-    model already in bfloat16, else a bfloat16 copy sharing the tokenizer."""
+    model already in bfloat16, else a bfloat16 copy sharing the tokenizer. With ``bf16-search`` the caller
+    runs the library's calibration on ``loaded`` and only the program search on the copy."""
     precision = resolve_precision(requested, loaded.model)
     if precision == EXACT or next(loaded.model.parameters()).dtype == torch.bfloat16:
         return loaded, precision

@@ -53,8 +53,11 @@ def test_exact_selects_on_the_model_itself_and_auto_follows_the_device():
     assert precision in ("bf16", "exact") and (chooser is loaded) == (precision == "exact")
     half = LoadedModel(tiny_chat_model("qwen2").to(torch.float16), byte_tokenizer(), "tiny-fp16")
     assert resolve_precision("auto", half.model) == "exact"          # only a float32 model gets a copy
-    with pytest.raises(MasteerError, match="float32 or bfloat16 model"):
-        resolve_precision("bf16", half.model)
+    for precision in ("bf16", "bf16-search"):
+        with pytest.raises(MasteerError, match=f"selection precision {precision} needs a float32 or bfloat16 model"):
+            resolve_precision(precision, half.model)
+    chooser, precision = selection_model(_loaded(), "bf16-search")   # the copy is made; the caller decides its use
+    assert precision == "bf16-search" and {p.dtype for p in chooser.model.parameters()} == {torch.bfloat16}
 
 
 def test_a_steered_copy_runs():
@@ -71,7 +74,7 @@ def test_a_steered_copy_runs():
 
 @pytest.mark.parametrize("value", ["fast", "", None, "BF16"])
 def test_an_unknown_precision_is_refused_where_it_is_given(value):
-    with pytest.raises(MasteerError, match="selection_precision must be one of auto, exact, bf16"):
+    with pytest.raises(MasteerError, match="selection_precision must be one of auto, exact, bf16, bf16-search"):
         CompileOptions(selection_precision=value)
     with pytest.raises(MasteerError, match="selection precision must be one of"):
         resolve_precision(value, tiny_chat_model("llama"))

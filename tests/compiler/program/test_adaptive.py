@@ -157,6 +157,35 @@ def test_a_bfloat16_selection_leaves_the_model_and_the_artifact_in_float32(small
     assert (got - expected).abs().max() <= 1e-4
 
 
+def test_bf16_search_calibrates_on_the_model_as_loaded_and_searches_on_the_copy(small_samples, compiled,
+                                                                                monkeypatch):
+    """``bf16-search``: the library (and so the static arm and the candidates' strengths) is the exact
+    compile's, number for number; only the program search runs on the bfloat16 copy."""
+    from masteer.compiler import compile as compile_driver
+    dtypes = {}
+
+    def spy(name, real):
+        def wrapped(model, *args, **kwargs):
+            dtypes[name] = next(model.parameters()).dtype
+            return real(model, *args, **kwargs)
+        return wrapped
+    monkeypatch.setattr(compile_driver, "library_table", spy("library", compile_driver.library_table))
+    real_build = compile_driver.build_program
+
+    def build(ctx, *args, **kwargs):
+        dtypes["search"] = next(ctx.model.parameters()).dtype
+        return real_build(ctx, *args, **kwargs)
+    monkeypatch.setattr(compile_driver, "build_program", build)
+    loaded, result = run(small_samples, precision="bf16-search")
+    assert dtypes == {"library": torch.float32, "search": torch.bfloat16}
+    assert result.report()["selection_precision"] == "bf16-search"
+    _, exact = compiled
+    assert [(r.algorithm, r.layer, r.kept, r.strength, r.effect, r.drift) for r in result.library] == \
+        [(r.algorithm, r.layer, r.kept, r.strength, r.effect, r.drift) for r in exact.library]
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
+    assert {t.dtype for t in result.adapter.tensors.values() if t.is_floating_point()} == {torch.float32}
+
+
 def _layer(result, algorithm):
     return next(r.layer for r in result.library if r.algorithm == algorithm and r.kept)
 
