@@ -6,13 +6,14 @@
 #
 # 1. tools/bench_bake_width.py: where a baked checkpoint's cost comes from (wider MLP, its alignment to 8, 16 or
 #    64, MLP biases), on SHAPE cut to DEPTH decoder layers so its eleven copies fit on one device.
-# 2. tools/bench_runtime.py: base, adapter, baked (padded to 64, the bake's default), baked unpadded,
-#    steering-vectors and repeng on a randomly initialised model of SHAPE (no weights are needed for timing),
-#    512-token prompts; with the kernel clock (summed GPU kernel times), since the wall clock of a host-bound
-#    decode did not resolve 3% on the lent VM.
+# 2. tools/bench_runtime.py: base, adapter, baked (padded to 64, the bake's default) and baked unpadded (with
+#    PEERS=1 also steering-vectors and repeng) on a randomly initialised model of SHAPE (no weights are needed for
+#    timing), 512-token prompts; with the kernel clock (summed GPU kernel times), since the wall clock of a
+#    host-bound decode did not resolve 3% on the lent VM (with it: 0.1-0.4% on 2026-12-04).
 # Results and logs go to $OUT (the device tool's folder; /tmp/bench-gpu elsewhere), to be copied into
 # docs/benchmarks/. The peers and gguf travel as wheels in .whl (docs/benchmarks/runtime.md says how to fetch
-# them); masteer's runtime is imported from this checkout through a folder of links, nothing is installed.
+# them; `carry: [".whl"]`); masteer's runtime is imported from this checkout through a folder of links, nothing
+# is installed. PEERS takes 0 or 1.
 set -uo pipefail
 OUT=${OUT:-/tmp/bench-gpu}
 SHAPE=${SHAPE:-llama-3.1-8b}
@@ -21,6 +22,11 @@ DTYPE=${DTYPE:-bfloat16}
 DEPTH=${DEPTH:-16}
 ROUNDS=${ROUNDS:-12}
 PY=${PY:-python3}
+case "${PEERS:-0}" in
+    0) peers=--no-peers ;;
+    1) peers= ;;
+    *) echo "bench_gpu.sh: PEERS must be 0 or 1, got '${PEERS}'" >&2; exit 2 ;;
+esac
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -44,8 +50,6 @@ echo "bench_bake_width rc ${PIPESTATUS[0]}"
 # and a 95% interval needs 6 rounds: so the peers are left out unless PEERS=1 (their wall clock was measured at
 # 11:59 that day with 12 rounds, their kernel clock at 18:01 with 3), and rounds start for 300 s (6 rounds; the whole script about 8.5 minutes).
 # RUNTIME_EXTRA: more bench_runtime.py options, which override these.
-peers=--no-peers
-[ "${PEERS:-0}" = 1 ] && peers=
 timeout "${RUNTIME_TIMEOUT:-400}" "$PY" tools/bench_runtime.py --device "$DEVICE" --dtype "$DTYPE" --shape "$SHAPE" \
     --baked-in-memory --prompt-tokens 512 --inner 2 --rounds "$ROUNDS" --max-seconds 300 --kernel-clock $peers \
     ${RUNTIME_EXTRA:-} \
