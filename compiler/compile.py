@@ -294,11 +294,12 @@ def compile_program(options: CompileOptions, preset: AdaptiveOptions | SingleStr
 
     clock = time.perf_counter()
     chooser, precision = selection_model(loaded, options.selection_precision)   # scores and generates to choose
-    log(f"selection precision: {precision}" + (
-        "" if chooser is loaded else
-        " (the library calibrates on the model as loaded, a bfloat16 copy scores and generates for the program search; "
-        "the evaluation measures the model as loaded)" if precision == SELECTION_BF16_SEARCH else
-        " (a bfloat16 copy scores and generates to choose; the evaluation measures the model as loaded)"))
+    if chooser is loaded:
+        log(f"selection precision: {precision}")
+    else:
+        what = ("the library calibrates on the model as loaded, a bfloat16 copy scores and generates for the program "
+                "search" if precision == SELECTION_BF16_SEARCH else "a bfloat16 copy scores and generates to choose")
+        log(f"selection precision: {precision} ({what}; the evaluation measures the model as loaded)")
     model, tokenizer = chooser.model, chooser.tokenizer
     # the search's greedy val answers, kept: the static matching reads the program's from here (the model as loaded
     # only: a bfloat16 chooser answers otherwise)
