@@ -310,17 +310,19 @@ def compile_program(options: CompileOptions, preset: AdaptiveOptions | SingleStr
         val_items, val_ids = applicability_targets(val)
         neutral_val = [s.prompt for s in val if s.label == NEUTRAL]
         # the program search scores the val targets and neutral prompts too: one scorer, its base passes made once
-        # (with bf16-search the library calibrates on the model as loaded, so it keeps a scorer of its own)
+        # (with bf16-search the library calibrates on the model as loaded, so it keeps a scorer of its own; where
+        # the val items are not the calibration pairs the library makes its own in any case)
         calibrator = loaded if precision == SELECTION_BF16_SEARCH else chooser
-        calibration_scorer = HeldOutScorer(calibrator.model, tokenizer, val_items, neutral_val, options.batch_size,
-                                           replay_layers=layers)
+        shared = val_items == calibration_pairs(val)
+        calibration_scorer = (HeldOutScorer(calibrator.model, tokenizer, val_items, neutral_val, options.batch_size,
+                                            replay_layers=layers) if shared or calibrator is chooser else None)
         proposals: dict = {}
         rows = library_table(calibrator.model, tokenizer, base, seqs.fit_inputs(acts), val_pairs, val, layers,
                              algorithms=program_algorithms(adaptive), keep_layers=adaptive.keep_layers,
                              budget=adaptive.budget,
                              batch_size=options.batch_size, progress=options.progress, log=log,
                              strengths=COMPILE_STRENGTHS, proposals_out=proposals,
-                             scorer=calibration_scorer if val_items == calibration_pairs(val) else None)
+                             scorer=calibration_scorer if shared else None)
         timings["library"] = time.perf_counter() - clock
         candidates = candidates_from(rows, proposals, recipe, strength)
         if not candidates:
