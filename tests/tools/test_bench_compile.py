@@ -3,16 +3,11 @@ compile is too slow for the suite; its numbers live in docs/benchmarks/compile.m
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
+from tool_scripts import load_tool
 
 
 def test_a_failing_compile_is_reported_with_its_exit_code_and_nothing_is_written(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_compile", TOOLS / "bench_compile.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool("bench_compile")
     out = tmp_path / "numbers.json"
     code = module.main(["--recipe", str(tmp_path / "missing.toml"), "--json", str(out)])
     err = capsys.readouterr().err

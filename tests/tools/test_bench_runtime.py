@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tool_scripts import load_tool
+
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
 MASTEER_ARMS = ("base", "base-again", "adapter", "baked", "baked-unpadded")
 PEER_ARMS = ("steering-vectors", "repeng")
@@ -27,14 +29,6 @@ def load_core():
                                                   submodule_search_locations=[str(folder)])
     module = importlib.util.module_from_spec(spec)
     sys.modules["runtime_bench"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_tool(name: str):
-    """A script of tools/ as a module (``name`` without .py), to call its parser or main."""
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 

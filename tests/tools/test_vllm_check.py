@@ -5,23 +5,13 @@ tools/ is not a package on the path: the script is loaded from its file."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
+from tool_scripts import load_tool
 
-
-def load_check():
-    spec = importlib.util.spec_from_file_location("vllm_check", TOOLS / "vllm_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-vc = load_check()
+vc = load_tool("vllm_check")
 import engine_check as ec  # noqa: E402  (on the path once the check is loaded: tools/engine_check.py)
 
 

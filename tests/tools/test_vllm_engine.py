@@ -7,17 +7,14 @@ for the base and the baked checkpoint, and the steering changed the answers."""
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
-spec = importlib.util.spec_from_file_location("vllm_check", TOOLS / "vllm_check.py")
-vc = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(vc)
+from tool_scripts import load_tool
+
+vc = load_tool("vllm_check")
 
 pytestmark = [pytest.mark.vllm,
               pytest.mark.skipif(not vc.DEFAULT_VLLM_PYTHON.exists(),
