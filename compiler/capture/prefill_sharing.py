@@ -83,18 +83,28 @@ class PrefillStore:
         self.replayed = self.recorded = 0
         self.usable = bool(self.layers)
 
+    def can_replay(self, key: str, prefix: int) -> bool:
+        """Whether a pass of batch ``key`` whose first ``prefix`` blocks are the base model's would be replayed."""
+        record = self.records.get(key)
+        return self.usable and record is not None and prefix in record.hidden and prefix <= record.valid_upto
+
     @contextmanager
-    def around(self, key: str, prefix: int, forced: bool = False) -> Iterator[str]:
+    def around(self, key: str, prefix: int, forced: bool = False, rows: list[int] | None = None) -> Iterator[str]:
         """Wrap one ``generate`` call of batch ``key`` whose first ``prefix`` blocks are the base model's:
         replay a recorded prefill if one serves, else record one if it can; yields what it did. ``forced``: a
         single teacher-forced pass (no KV cache), which records and replays the hidden states alone; its
-        records are kept apart from generations' (``forced_key``)."""
-        record = self.records.get(key)
-        if self.usable and record is not None and prefix in record.hidden and prefix <= record.valid_upto:
-            with self._replaying(record, prefix, with_cache=not forced):
+        records are kept apart from generations' (``forced_key``). ``rows`` (forced passes only): the pass runs
+        those rows of the recorded batch, left padded to its own width; it is replayed or it fails."""
+        if rows is not None and not forced:
+            raise ValueError("only a teacher-forced pass can replay a subset of a recorded batch's rows")
+        if self.can_replay(key, prefix):
+            with self._replaying(self.records[key], prefix, with_cache=not forced, rows=rows):
                 yield "replayed"
             self.replayed += 1
             return
+        if rows is not None:
+            raise RuntimeError("prefill sharing: a subset of rows asked for a batch that was not recorded")
+        record = self.records.get(key)
         keep = [layer for layer in self.layers if layer <= prefix]
         if (self.usable and keep and self.bytes < self.max_bytes
                 and (record is None or max(record.hidden, default=0) < max(keep))):
@@ -150,10 +160,13 @@ class PrefillStore:
             self.recorded += 1
 
     @contextmanager
-    def _replaying(self, record: _Recorded, start: int, with_cache: bool = True) -> Iterator[None]:
+    def _replaying(self, record: _Recorded, start: int, with_cache: bool = True,
+                   rows: list[int] | None = None) -> Iterator[None]:
         blocks, decoder = decoder_layers(self.model), decoder_module(self.model)
         originals = [blocks[i] for i in range(start)]
         hidden = record.hidden[start]
+        if rows is not None:
+            hidden = hidden[torch.as_tensor(rows, device=hidden.device)]
         handles: list = []
         swapped = [False]
 
@@ -166,9 +179,11 @@ class PrefillStore:
                 h.remove()
 
         def inject(module, args, kwargs):
+            width = (args[0] if args else kwargs["hidden_states"]).shape[1]   # the pass's own width
+            recorded = hidden[:, hidden.shape[1] - width:]   # left padded: the rows' tokens end every row
             if args:
-                return (hidden,) + tuple(args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": hidden}
+                return (recorded,) + tuple(args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": recorded}
 
         def before_prefill(module, args, kwargs):
             skip = PassThroughBlock()
@@ -206,17 +221,33 @@ def forced_key(ids: torch.Tensor, mask: torch.Tensor) -> str:
     return "forced:" + batch_key(ids, mask)
 
 
+def _base_model(model: nn.Module) -> nn.Module:
+    return model.base_model if isinstance(model, SteeredModel) else model
+
+
+def can_share_forced_pass(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> bool:
+    """Whether :func:`sharing_forced_pass` over this batch would replay a recorded one."""
+    base = _base_model(model)
+    store = active_store(base)
+    return store is not None and store.can_replay(forced_key(ids, mask), unhooked_prefix(base))
+
+
 @contextmanager
-def sharing_forced_pass(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> Iterator[str]:
+def sharing_forced_pass(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
+                        rows: list[int] | None = None) -> Iterator[str]:
     """Around one teacher-forced pass of ``model`` (plain or steered) over ``ids``: inside
     :func:`sharing_prefill`, the evaluation's steered arms share the blocks below their first steered layer
-    (MMLU, perplexity and KL passes of the second steered arm start there); elsewhere nothing happens."""
-    base = model.base_model if isinstance(model, SteeredModel) else model
+    (MMLU, perplexity and KL passes of the second steered arm start there); elsewhere nothing happens.
+    ``rows``: the pass runs only those rows of the batch ``ids`` and ``mask`` (which name the record), replayed
+    (:func:`can_share_forced_pass` must hold)."""
+    base = _base_model(model)
     store = active_store(base)
     if store is None:
+        if rows is not None:
+            raise RuntimeError("prefill sharing: a subset of rows asked for outside sharing_prefill")
         yield "full"
         return
-    with store.around(forced_key(ids, mask), unhooked_prefix(base), forced=True) as what:
+    with store.around(forced_key(ids, mask), unhooked_prefix(base), forced=True, rows=rows) as what:
         yield what
 
 

@@ -23,11 +23,13 @@ import torch
 from tqdm.auto import tqdm
 
 from masteer.runtime import SteeredModel, SteeringAdapter, model_fingerprint
+from masteer.runtime.artifact import NEURON
 from masteer.runtime.errors import MasteerError
 
 from ..common.judge import JudgeValidation, RefusalJudge, is_refusal, validate_judge
 from ..samples.sample_set import SampleSet
 from ..strategies.scoring import next_token_logprobs
+from ..strategies.untouched_rows import skipping_untouched, take_base
 from .bootstrap import AUC, EXP_MEAN, MEAN, N_BOOT, ItemValues, bootstrap, paired_difference
 from ..capture.cache import ResultCache, arm_key, cache_key, model_key
 from ..capture.generations import cached_generate, generation_settings
@@ -115,9 +117,15 @@ def _running(base_model, arm: Arm) -> Iterator[_Running]:
 class _ArmRun:
     """Everything one arm does, with caching; returns per-suite raw per-item values."""
 
-    def __init__(self, ctx: "_Context", arm: Arm, running: _Running):
+    def __init__(self, ctx: "_Context", arm: Arm, running: _Running, base_key: str | None = None):
         self.ctx, self.arm, self.running = ctx, arm, running
         self.arm_key = arm.key()
+        # the base arm's key, when it ran before this arm and this arm's only steering is gated neurons: then the
+        # teacher-forced passes skip the rows the gates leave untouched and take the base arm's values for them
+        gated = arm.adapter is not None and bool(arm.adapter.strategies) and all(
+            s.kind == NEURON for s in arm.adapter.strategies)
+        self.base_key = base_key if gated and isinstance(running.model, SteeredModel) else None
+        self.rows_checked = self.rows_skipped = 0
 
     def _key(self, *parts) -> str:
         return cache_key(self.ctx.model_key, self.arm_key, *parts)
@@ -138,13 +146,31 @@ class _ArmRun:
                    disable=not ctx.progress, leave=False)
         for start in range(0, len(todo), size):
             chunk = todo[start:start + size]
-            values = compute([items[i] for i in chunk])
+            values = self._computed([items[i] for i in chunk], tag, suite, compute)
             cache.put_many((keys[i], v) for i, v in zip(chunk, values))
             for i, v in zip(chunk, values):
                 out[i] = v
             bar.update(len(chunk))
         bar.close()
         return out
+
+    def _computed(self, items: list, tag: str, suite: Suite, compute: Callable[[list], list]) -> list:
+        """``compute(items)``; for a gated arm after the base arm, with the rows its gates leave untouched skipped
+        and their values the base arm's (``strategies.untouched_rows``)."""
+        if self.base_key is None:
+            return compute(items)
+        stored = self.ctx.cache.for_arm(self.base_key)
+        base = [stored.get(cache_key(self.ctx.model_key, self.base_key, tag, suite.kind, repr(item)))
+                for item in items]
+        if any(value is None for value in base):
+            return compute(items)
+        with skipping_untouched(self.running.model) as skipping:
+            values = compute(items)
+        self.rows_checked += skipping.rows
+        if skipping.unsafe:   # a row that ran gave NaN or inf: NaN no longer marks the skipped rows alone
+            return compute(items)
+        self.rows_skipped += skipping.skipped
+        return [take_base(v, b) for v, b in zip(values, base)] if skipping.skipped else values
 
     def options(self, suite: Suite) -> list[list[float]]:
         return self._cached_chunks(suite, "options", suite.items, lambda chunk: option_logprobs(
@@ -268,10 +294,12 @@ def evaluate(model, tokenizer, arms, suites: Sequence[Suite | str] | None = None
     timings["prepare"] = time.perf_counter() - clock
 
     raw: dict[str, dict[str, tuple[dict, list[dict]]]] = {s.name: {} for s in suite_list}
+    base_key = None   # the base arm's, once it has run
+    skipped: dict[str, dict[str, int]] = {}
     for arm in arm_list:
         clock = time.perf_counter()
         with _running(model, arm) as running:
-            run = _ArmRun(ctx, arm, running)
+            run = _ArmRun(ctx, arm, running, base_key)
             generation_prompts = [x.prompt for s in suite_list if s.kind in GENERATION_KINDS for x in s.items]
             generated = run.generations(generation_prompts) if generation_prompts else {}
             for suite in suite_list:
@@ -289,6 +317,10 @@ def evaluate(model, tokenizer, arms, suites: Sequence[Suite | str] | None = None
                     raw[suite.name][arm.name] = _ratio_values(run.kl(suite), MEAN)
                 else:
                     raise MasteerError(f"suite {suite.name!r} has unknown kind {suite.kind!r}")
+            if run.rows_checked:
+                skipped[arm.name] = {"rows": run.rows_checked, "skipped": run.rows_skipped}
+        if arm.is_base:
+            base_key = arm.key()
         timings[f"arm:{arm.name}"] = time.perf_counter() - clock
         log(f"evaluated arm {arm.name} in {timings[f'arm:{arm.name}']:.0f} s")
 
@@ -320,6 +352,8 @@ def evaluate(model, tokenizer, arms, suites: Sequence[Suite | str] | None = None
         "versions": {"torch": torch.__version__, "transformers": _version("transformers"),
                      "masteer": _version("masteer")},
         "threads": torch.get_num_threads(),
+        # teacher-forced rows of gated arms taken from the base arm (``strategies.untouched_rows``)
+        "untouched_rows": skipped,
         "cache": {"path": str(ctx.cache.path) if ctx.cache.path else None, "hits": ctx.cache.hits,
                   "misses": ctx.cache.misses},
     }

@@ -21,12 +21,13 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from ..capture.activations import encode_completion, encode_prompt, position_ids
-from ..capture.prefill_sharing import sharing_forced_pass
+from ..capture.prefill_sharing import can_share_forced_pass, sharing_forced_pass
 from ..capture.shared_prefix import PrefixPass, call_prefix, run_prefix, shared_tokens
 from ..common.batching import left_pad
 from ..common.forward_arguments import forward_takes
 from ..common.prefix_replay import PrefixReplay
 from .branched_rows import branch_inputs, branch_means, branch_units
+from .untouched_rows import active_skipping, touched_rows
 
 EFFECT_TOKENS = 8
 # A row whose gated steering adds at most this (largest entry of the MLP output's delta) at every position is
@@ -47,8 +48,31 @@ def forward_rows(model, rows: Sequence[list[int]], pad_id: int, replay: PrefixRe
     (``capture.shared_prefix``: every row starts with its tokens) only the rows' own tokens run, after the prefix's
     KV cache. With ``branches`` each row ends with completions of those lengths that all follow its prompt
     (``branched_rows``). ``read``: called with the pass's inputs instead of the model (e.g.
-    ``SteeredModel.delta_sizes``). Returns (logits or what ``read`` gave, the token ids that ran, their attention
-    mask)."""
+    ``SteeredModel.delta_sizes``). Without a ``replay``, inside ``untouched_rows.skipping_untouched`` the rows the
+    steering leaves untouched may come back as NaN logits (see there). Returns (logits or what ``read`` gave, the
+    token ids that ran, their attention mask)."""
+    ids, attention, ran, kwargs = _pass_inputs(model, rows, pad_id, prefix, branches, extra)
+    run = read if read is not None else (lambda **inputs: model(**inputs).logits)
+    if replay is None:   # inside ``sharing_prefill`` (the evaluation), arms share the blocks below their steering
+        skipping = active_skipping(model) if read is None and branches is None else None
+        if skipping is not None and can_share_forced_pass(model, ids, attention):
+            logits = _touched_rows_only(model, rows, pad_id, prefix, extra, ids, attention, ran, skipping)
+            if logits is not None:
+                return logits, ids, ran
+        with sharing_forced_pass(model, ids, attention):
+            logits = run(**kwargs)
+        if skipping is not None:
+            skipping.check_finite(logits)
+        return logits, ids, ran
+    with (replay.recording(key) if start == RECORD else replay.replaying(key, start, replay_rows)):
+        return run(**kwargs), ids, ran
+
+
+def _pass_inputs(model, rows: Sequence[list[int]], pad_id: int, prefix: PrefixPass | None,
+                 branches: Sequence[Sequence[int]] | None, extra: dict
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """(token ids, attention mask, the mask of the tokens that run, the model's keyword arguments) of
+    :func:`forward_rows`'s pass."""
     device = next(model.parameters()).device
     if prefix is None:
         ids, mask = left_pad(rows, pad_id)
@@ -64,12 +88,34 @@ def forward_rows(model, rows: Sequence[list[int]], pad_id: int, replay: PrefixRe
         positions, attention = branch_inputs(mask, positions, branches, next(model.parameters()).dtype)
     kwargs = dict(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
                   **extra, **cache, **({"use_cache": bool(cache)} if forward_takes(model, "use_cache") else {}))
-    run = read if read is not None else (lambda **inputs: model(**inputs).logits)
-    if replay is None:   # inside ``sharing_prefill`` (the evaluation), arms share the blocks below their steering
-        with sharing_forced_pass(model, ids, attention):
-            return run(**kwargs), ids, ran
-    with (replay.recording(key) if start == RECORD else replay.replaying(key, start, replay_rows)):
-        return run(**kwargs), ids, ran
+    return ids, attention, ran, kwargs
+
+
+@torch.no_grad()
+def _touched_rows_only(model, rows: Sequence[list[int]], pad_id: int, prefix: PrefixPass | None, extra: dict,
+                       ids: torch.Tensor, attention: torch.Tensor, ran: torch.Tensor, skipping) -> torch.Tensor | None:
+    """``model``'s logits over the recorded batch ``rows`` with the untouched rows not run but NaN
+    (``untouched_rows``); None when every row is touched or the prefix is (the caller runs the batch whole)."""
+    skipping.rows += len(rows)
+    if not skipping.prefix_untouched(None if prefix is None else prefix.tokens, UNTOUCHED):
+        return None
+    _, _, _, check = _pass_inputs(model, rows, pad_id, prefix, None, {})
+    with sharing_forced_pass(model, ids, attention):
+        touched = touched_rows(model.delta_sizes(**check), ran, UNTOUCHED)
+    if len(touched) == len(rows):
+        return None
+    keep = extra.get("logits_to_keep")
+    positions = min(keep, ids.shape[1]) if keep else ids.shape[1]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    out = torch.full((len(rows), positions, vocab), float("nan"), device=next(model.parameters()).device)
+    if touched:
+        _, _, _, kwargs = _pass_inputs(model, [rows[r] for r in touched], pad_id, prefix, None, extra)
+        with sharing_forced_pass(model, ids, attention, rows=touched):
+            logits = model(**kwargs).logits.float()
+        skipping.check_finite(logits)
+        out[touched, positions - logits.shape[1]:] = logits
+    skipping.skipped += len(rows) - len(touched)
+    return out
 
 
 def batch_order(lengths: Sequence[int], batch_size: int, by_length: bool) -> list[list[int]]:
@@ -233,10 +279,7 @@ class NeutralDrift:
         """The rows of batch ``number`` where the steering is above ``UNTOUCHED`` somewhere (from ``start``)."""
         sizes, _, ran = forward_rows(self.model, [self.encoded[i] for i in self.batches[number]], self.pad_id,
                                      self.replay, (self.tag, number), start, prefix, read=gates.delta_sizes)
-        if not sizes:
-            return list(range(len(self.batches[number])))
-        largest = torch.stack(list(sizes.values())).amax(0).cpu().masked_fill(~ran.bool(), 0).amax(-1)
-        return [row for row, size in enumerate(largest.tolist()) if size > UNTOUCHED]
+        return touched_rows(sizes, ran, UNTOUCHED)
 
     def _row_positions(self, number: int, rows: list[int]) -> torch.Tensor:
         """Where ``rows`` of batch ``number`` sit among its real positions (row after row)."""
