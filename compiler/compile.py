@@ -311,7 +311,8 @@ def compile_program(options: CompileOptions, preset: AdaptiveOptions | SingleStr
         neutral_val = [s.prompt for s in val if s.label == NEUTRAL]
         # the program search scores the val targets and neutral prompts too: one scorer, its base passes made once
         # (with bf16-search the library calibrates on the model as loaded, so it keeps a scorer of its own; where
-        # the val items are not the calibration pairs the library makes its own in any case)
+        # the val items are not the calibration pairs the library makes its own, with this scorer's drift: the same
+        # neutral prompts)
         calibrator = loaded if precision == SELECTION_BF16_SEARCH else chooser
         shared = val_items == calibration_pairs(val)
         calibration_scorer = (HeldOutScorer(calibrator.model, tokenizer, val_items, neutral_val, options.batch_size,
@@ -322,7 +323,8 @@ def compile_program(options: CompileOptions, preset: AdaptiveOptions | SingleStr
                              budget=adaptive.budget,
                              batch_size=options.batch_size, progress=options.progress, log=log,
                              strengths=COMPILE_STRENGTHS, proposals_out=proposals,
-                             scorer=calibration_scorer if shared else None)
+                             scorer=calibration_scorer if shared else None,
+                             drift_from=calibration_scorer if calibrator is chooser else None)
         timings["library"] = time.perf_counter() - clock
         candidates = candidates_from(rows, proposals, recipe, strength)
         if not candidates:

@@ -39,8 +39,11 @@ sign"), role-play outputs that talk about the request without fulfilling it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from masteer.runtime.errors import MasteerError
@@ -253,19 +256,30 @@ class JudgeValidation:
 _VALIDATIONS: dict[str, JudgeValidation] = {}
 
 
-def validate_judge(judge: RefusalJudge | None = None, labels=None, source: str | None = None) -> JudgeValidation:
+def validate_judge(judge: RefusalJudge | None = None, labels=None, source: str | None = None,
+                   store=None) -> JudgeValidation:
     """Score ``judge`` on pyrit's labelled refusal responses (``refusal.csv`` unless ``labels`` given).
 
     The default validation is remembered per process and judge setting: every evaluation reports
-    it, and embedding the 105 labelled responses takes several seconds on a CPU.
+    it, and embedding the 105 labelled responses takes several seconds on a CPU (3.4 s of a compile).
+    ``store`` (a ``capture.cache.ResultCache``, e.g. a compile's stored base results) also keeps it across
+    processes, keyed by the judge's settings, the labels and the code that judges (this module and the encoder's):
+    it depends on nothing a compile chooses.
     """
     from . import datasets
     judge = judge or RefusalJudge()
     if labels is None:
         key = repr(sorted(judge.describe().items()))
         if key not in _VALIDATIONS:
-            _VALIDATIONS[key] = validate_judge(judge, datasets.refusal_judge_labels(),
-                                               f"pyrit {datasets.REFUSAL_LABELS_FILE}")
+            labelled = datasets.refusal_judge_labels()
+            stored_key = _stored_validation_key(judge, labelled) if store is not None else None
+            stored = store.get(stored_key) if store is not None else None
+            if stored is not None:
+                _VALIDATIONS[key] = JudgeValidation.from_dict(stored)
+            else:
+                _VALIDATIONS[key] = validate_judge(judge, labelled, f"pyrit {datasets.REFUSAL_LABELS_FILE}")
+                if store is not None:
+                    store.put_many([(stored_key, _VALIDATIONS[key].to_dict())])
         return _VALIDATIONS[key]
     labels = list(labels)
     if not labels:
@@ -279,3 +293,13 @@ def validate_judge(judge: RefusalJudge | None = None, labels=None, source: str |
     return JudgeValidation(judge=judge.name, source=source or "labels", n=scores["n"], accuracy=scores["accuracy"],
                            precision=scores["precision"], recall=scores["recall"], settings=judge.describe(),
                            **counts)
+
+
+def _stored_validation_key(judge: RefusalJudge, labels) -> str:
+    """What a stored validation depends on: the judge's settings, every labelled row, and the source of the
+    phrase matcher and the sentence encoder (a changed phrase list is another judge)."""
+    from . import embeddings
+    code = hashlib.sha256(Path(__file__).read_bytes() + Path(embeddings.__file__).read_bytes()).hexdigest()
+    rows = [(x.objective, x.response, bool(x.is_refusal)) for x in labels]
+    return hashlib.sha256(json.dumps(["judge validation", judge.describe(), code, rows],
+                                     sort_keys=True, default=str).encode()).hexdigest()[:32]

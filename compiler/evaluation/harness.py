@@ -31,7 +31,7 @@ from ..samples.sample_set import SampleSet
 from ..strategies.scoring import next_token_logprobs
 from ..strategies.untouched_rows import skipping_untouched, take_base
 from .bootstrap import AUC, EXP_MEAN, MEAN, N_BOOT, ItemValues, bootstrap, paired_difference
-from ..capture.cache import ResultCache, arm_key, cache_key, model_key
+from ..capture.cache import BASE_ARM, ResultCache, arm_key, cache_key, model_key
 from ..capture.generations import cached_generate, generation_settings
 from .likelihood import completion_nll, kl_sums, option_logprobs
 from .overlap import check_overlap
@@ -285,12 +285,13 @@ def evaluate(model, tokenizer, arms, suites: Sequence[Suite | str] | None = None
 
     judge = judge or RefusalJudge()
     needs_judge = any(s.kind == REFUSAL for s in suite_list)
-    validation: JudgeValidation | None = validate_judge(judge) if needs_judge else None
+    cache = cache if cache is not None else ResultCache()
+    # stored with the base arm's results where those are (the validation depends on no arm)
+    validation: JudgeValidation | None = validate_judge(judge, store=cache.for_arm(BASE_ARM)) if needs_judge else None
     if validation is not None:
         log(f"refusal judge: {validation.line()}")
-    ctx = _Context(model=model, tokenizer=tokenizer, model_key=model_key(model),
-                   cache=cache if cache is not None else ResultCache(), judge=judge, max_new_tokens=max_new_tokens,
-                   batch_size=batch_size, progress=progress)
+    ctx = _Context(model=model, tokenizer=tokenizer, model_key=model_key(model), cache=cache, judge=judge,
+                   max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     timings["prepare"] = time.perf_counter() - clock
 
     raw: dict[str, dict[str, tuple[dict, list[dict]]]] = {s.name: {} for s in suite_list}

@@ -254,10 +254,20 @@ class NeutralDrift:
         self.batches = batch_order([len(e) for e in self.encoded], batch_size, by_length=True)
         self.positions = sum(len(e) for e in self.encoded)
         self.shared = 0 if prefix is None else prefix.length
+        self.prefix_tokens = [] if prefix is None else list(prefix.tokens)
         self.base_prefix = None if prefix is None else self._base(prefix.logprobs)
         self.base: list[tuple[torch.Tensor, torch.Tensor]] = []   # per batch: p [positions, V], sum p log p
         for number in range(len(self.batches)):
             self.base.append(self._base(self._logprobs(number, RECORD, prefix)))
+
+    def serves(self, model, tokenizer, prompts: Sequence[str], batch_size: int, prefix: PrefixPass | None) -> bool:
+        """Whether this drift is the one ``NeutralDrift(model, tokenizer, prompts, batch_size, prefix=prefix)`` would
+        compute (the same model, rows, batches and shared prefix): a second scorer of the same neutral prompts then
+        uses it instead of making the base passes again."""
+        return (model is self.model and self.pad_id == tokenizer.pad_token_id
+                and [encode_prompt(tokenizer, p) for p in prompts] == self.encoded
+                and batch_order([len(e) for e in self.encoded], batch_size, by_length=True) == self.batches
+                and ([] if prefix is None else list(prefix.tokens)) == self.prefix_tokens)
 
     @staticmethod
     def _base(logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -354,11 +364,16 @@ class HeldOutScorer:
 
     With ``branch`` (the default, where the model's attention allows it) a target's positive and negative
     completion share one row after one copy of its prompt (``branched_rows``); rounded differently again.
+
+    ``drift_from``: another scorer of the same neutral prompts (the compile's library calibration and program
+    search score other target items against the same val neutral prompts): its drift's base numbers serve this
+    one where they are what this scorer would compute (``NeutralDrift.serves``), the same numbers bit for bit; a
+    steered pass then replays what that scorer recorded, so its replay layers must include this one's.
     """
 
     def __init__(self, model, tokenizer, targets: Sequence[tuple[str, str, str | None]], neutral_prompts: Sequence[str],
                  batch_size: int = 16, replay_layers: Sequence[int] = (), share_prefix: bool = True,
-                 branch: bool = True):
+                 branch: bool = True, drift_from: "HeldOutScorer | None" = None):
         if not targets and not neutral_prompts:
             raise ValueError("held-out scoring needs target items or neutral prompts")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
@@ -372,8 +387,15 @@ class HeldOutScorer:
         if base_prefix is None:
             self.prefix_tokens = []   # a cache form the shared prefix does not handle: score plain rows
         self.base_target = self._target_logprobs(RECORD, base_prefix)
-        self.drift_reference = NeutralDrift(model, tokenizer, self.neutral, batch_size, self.replay,
-                                            prefix=base_prefix) if self.neutral else None
+        shared_drift = drift_from.drift_reference if drift_from is not None else None
+        if not self.neutral:
+            self.drift_reference = None
+        elif (shared_drift is not None and shared_drift.serves(model, tokenizer, self.neutral, batch_size, base_prefix)
+              and set(self.replay.layers if self.replay else ()) <= set(getattr(shared_drift.replay, "layers", ()))):
+            self.drift_reference = shared_drift
+        else:
+            self.drift_reference = NeutralDrift(model, tokenizer, self.neutral, batch_size, self.replay,
+                                                prefix=base_prefix)
 
     def _shared_prefix(self) -> list[int]:
         """The tokens every scored prompt starts with (a chat template's header and default system prompt)."""

@@ -97,3 +97,25 @@ def test_encoder_keeps_a_repeated_list_and_returns_the_same_bits():
         encoder.encode([f"text {i}"])
     encoder.encode(["How do I bake bread?", "Name a colour."])
     assert len(calls) == 3 + RECENT_LISTS
+
+
+def test_a_stored_validation_is_read_back_in_a_new_process_and_keyed_by_what_it_depends_on(tmp_path, monkeypatch):
+    from masteer.compiler.capture.cache import ResultCache
+    from masteer.compiler.common import judge as judge_module
+    phrases = RefusalJudge(relevance=False)
+    path = tmp_path / "stored.jsonl"
+    monkeypatch.setattr(judge_module, "_VALIDATIONS", {})
+    first = validate_judge(phrases, store=ResultCache(path))
+    assert len(ResultCache(path)) == 1
+
+    def judging(*args):
+        raise AssertionError("a stored validation must not judge again")
+    monkeypatch.setattr(judge_module, "_VALIDATIONS", {})   # a new process
+    monkeypatch.setattr(RefusalJudge, "judge", judging)
+    again = validate_judge(phrases, store=ResultCache(path))
+    assert again == first and again.n == 105 and again.accuracy == first.accuracy
+    labels = datasets.refusal_judge_labels()
+    key = judge_module._stored_validation_key(phrases, labels)
+    relabelled = [datasets.LabelledResponse(labels[0].objective, labels[0].response, not labels[0].is_refusal)]
+    assert key != judge_module._stored_validation_key(phrases, relabelled + labels[1:])
+    assert key != judge_module._stored_validation_key(RefusalJudge(), labels)

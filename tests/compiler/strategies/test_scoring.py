@@ -64,3 +64,27 @@ def test_scorer_effects_equal_unsorted_scoring():
     expected[[0, 1, 3]] -= change[4:]
     assert effect.abs().max() > 1e-3 and drift > 1e-6
     assert torch.allclose(effect, expected, atol=1e-5)
+
+
+def test_a_scorer_of_the_same_neutral_prompts_uses_the_other_scorers_drift():
+    """The library's calibration and the program search score other targets against the same neutral prompts: the
+    second scorer takes the first one's base numbers (one set of base passes) and measures the same drift."""
+    model = tiny_chat_model("llama").double().eval()
+    tok = byte_tokenizer()
+    first = HeldOutScorer(model, tok, TARGETS, NEUTRAL, batch_size=2, replay_layers=[1, 2])
+    alone = HeldOutScorer(model, tok, TARGETS[:2], NEUTRAL, batch_size=2, replay_layers=[1])
+    second = HeldOutScorer(model, tok, TARGETS[:2], NEUTRAL, batch_size=2, replay_layers=[1], drift_from=first)
+    assert second.drift_reference is first.drift_reference and alone.drift_reference is not first.drift_reference
+    adapter = random_adapter(model, counts={1: 2}, strength=4.0)
+    steered = SteeredModel(model, adapter, check_fingerprint=False)
+    try:
+        (effect, drift), (effect_alone, drift_alone) = second.score_samples(start=1), alone.score_samples(start=1)
+    finally:
+        steered.detach()
+    assert drift > 1e-4 and drift == drift_alone   # bit for bit: the same base passes, the same steered ones
+    assert torch.equal(effect, effect_alone)
+    # what the other drift cannot serve is computed afresh: other batches, other prompts, replay layers it lacks
+    for scorer in (HeldOutScorer(model, tok, TARGETS[:2], NEUTRAL, batch_size=3, drift_from=first),
+                   HeldOutScorer(model, tok, TARGETS[:2], NEUTRAL[:4], batch_size=2, drift_from=first),
+                   HeldOutScorer(model, tok, TARGETS[:2], NEUTRAL, batch_size=2, replay_layers=[3], drift_from=first)):
+        assert scorer.drift_reference is not first.drift_reference
