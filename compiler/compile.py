@@ -56,6 +56,7 @@ from .common.selection_model import selection_model
 from .capture.cache import BaseArmCache, ResultCache, arm_key, stored_results_name, stored_results_root
 from .common.prefix_replay import first_steered_layer
 from .capture.prefill_sharing import sharing_prefill
+from .strategies.scorer_store import ScorerBaseStore
 from .pipeline import (REPORT_NAME, SAMPLES_NAME, CompileOptions, _prepare, add_static, anchor_negatives,
                        capture_activations, fit_layer, fit_sequences, new_adapter, val_rates)
 from .program.single_strategy import LayerCandidate, SingleStrategy, single_program
@@ -315,8 +316,11 @@ def compile_program(options: CompileOptions, preset: AdaptiveOptions | SingleStr
         # neutral prompts)
         calibrator = loaded if precision == SELECTION_BF16_SEARCH else chooser
         shared = val_items == calibration_pairs(val)
+        # the scorers' base passes depend on the model and the rows alone: stored like the base arm's results
+        scorer_store = ScorerBaseStore(log=log) if options.store_base_results else None
         calibration_scorer = (HeldOutScorer(calibrator.model, tokenizer, val_items, neutral_val, options.batch_size,
-                                            replay_layers=layers) if shared or calibrator is chooser else None)
+                                            replay_layers=layers, store=scorer_store)
+                              if shared or calibrator is chooser else None)
         proposals: dict = {}
         rows = library_table(calibrator.model, tokenizer, base, seqs.fit_inputs(acts), val_pairs, val, layers,
                              algorithms=program_algorithms(adaptive), keep_layers=adaptive.keep_layers,
@@ -324,7 +328,7 @@ def compile_program(options: CompileOptions, preset: AdaptiveOptions | SingleStr
                              batch_size=options.batch_size, progress=options.progress, log=log,
                              strengths=COMPILE_STRENGTHS, proposals_out=proposals,
                              scorer=calibration_scorer if shared else None,
-                             drift_from=calibration_scorer if calibrator is chooser else None)
+                             drift_from=calibration_scorer if calibrator is chooser else None, store=scorer_store)
         timings["library"] = time.perf_counter() - clock
         candidates = candidates_from(rows, proposals, recipe, strength)
         if not candidates:
@@ -332,13 +336,14 @@ def compile_program(options: CompileOptions, preset: AdaptiveOptions | SingleStr
 
         clock = time.perf_counter()
         val_scorer = (calibration_scorer if calibrator is chooser else
-                      HeldOutScorer(model, tokenizer, val_items, neutral_val, options.batch_size, replay_layers=layers))
+                      HeldOutScorer(model, tokenizer, val_items, neutral_val, options.batch_size, replay_layers=layers,
+                                    store=scorer_store))
         train_items, train_ids = applicability_targets(samples.select(split="train"), limit=TRAIN_APPLICABILITY)
         candidate_layers = sorted({c.proposal.layer for c in candidates})
         ctx = ProgramContext(acts=acts, sequences=seqs.samples, roles=seqs.roles, host_form=host_layout(model).form,
                              seed=seed, new_adapter=lambda: new_adapter(loaded, samples, recipe), model=model,
                              train_scorer=HeldOutScorer(model, tokenizer, train_items, [], options.batch_size,
-                                                        replay_layers=candidate_layers),
+                                                        replay_layers=candidate_layers, store=scorer_store),
                              train_ids=train_ids,
                              anchor_ids=[s.id for s in samples.select(split="train", label=TARGET)],
                              val_scorer=val_scorer,

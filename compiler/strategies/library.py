@@ -119,13 +119,14 @@ def calibration_pairs(val: Sequence[Sample]) -> list[tuple[str, str, str]]:
 
 
 def held_out_scorer(model, tokenizer, val: Sequence[Sample], batch_size: int = 16,
-                    replay_layers: Sequence[int] = (), drift_from: HeldOutScorer | None = None) -> HeldOutScorer:
+                    replay_layers: Sequence[int] = (), drift_from: HeldOutScorer | None = None,
+                    store=None) -> HeldOutScorer:
     pairs = calibration_pairs(val)
     neutral = [s.prompt for s in val if s.label == NEUTRAL]
     if not pairs or not neutral:
         raise MasteerError("calibration needs val target samples with both completions and val neutral prompts")
     return HeldOutScorer(model, tokenizer, pairs, neutral, batch_size=batch_size, replay_layers=replay_layers,
-                         drift_from=drift_from)
+                         drift_from=drift_from, store=store)
 
 
 def propose_all(inputs: FitInputs, layers: Sequence[int], algorithms: Sequence[str] | None = None
@@ -148,13 +149,14 @@ def library_table(model, tokenizer, base: SteeringAdapter, inputs: FitInputs, va
                   progress: bool = True, log: Callable[[str], None] = print,
                   strengths: Sequence[float] = DEFAULT_STRENGTHS,
                   proposals_out: dict | None = None, scorer: HeldOutScorer | None = None,
-                  drift_from: HeldOutScorer | None = None) -> list[StrategyRow]:
+                  drift_from: HeldOutScorer | None = None, store=None) -> list[StrategyRow]:
     """Every algorithm x layer with its layer score; the best ``keep_layers`` per algorithm calibrated.
 
     ``proposals_out``, when given, receives every fitted proposal keyed by (algorithm, layer). ``scorer``: a
     scorer of ``val``'s pairs and neutral prompts made already (the compile's program search scores the same
     items: its base passes are then made once), replaying at least the kept layers; else one is made here, with
-    the drift of ``drift_from`` (a scorer of other target items against the same neutral prompts) where it serves."""
+    the drift of ``drift_from`` (a scorer of other target items against the same neutral prompts) where it serves
+    and its base passes read from ``store`` (``scorer_store.ScorerBaseStore``) where they are stored."""
     rows: list[StrategyRow] = []
     proposals: dict[tuple[str, int], Proposal] = {} if proposals_out is None else proposals_out
     for name, layer, proposal, error in propose_all(inputs, layers, algorithms):
@@ -173,7 +175,7 @@ def library_table(model, tokenizer, base: SteeringAdapter, inputs: FitInputs, va
     kept = [r for r in rows if r.kept]
     if scorer is None:
         scorer = held_out_scorer(model, tokenizer, val, batch_size, replay_layers=sorted({r.layer for r in kept}),
-                                 drift_from=drift_from)
+                                 drift_from=drift_from, store=store)
     for r in tqdm(kept, desc="calibrating strategies", disable=not progress, leave=False):
         grid = ABLATION_STRENGTHS if r.kind == ABLATION else strengths
         try:

@@ -247,7 +247,8 @@ class NeutralDrift:
     With the default program on the refusal recipe's val neutral prompts 52 of 64 rows were untouched."""
 
     def __init__(self, model, tokenizer, prompts: Sequence[str], batch_size: int = 16,
-                 replay: PrefixReplay | None = None, tag: str = "neutral", prefix: PrefixPass | None = None):
+                 replay: PrefixReplay | None = None, tag: str = "neutral", prefix: PrefixPass | None = None,
+                 head_inputs: Sequence[torch.Tensor] | None = None, keep_head_inputs: bool = False):
         self.model, self.replay, self.tag = model, replay, tag
         self.pad_id = tokenizer.pad_token_id
         self.encoded = [encode_prompt(tokenizer, p) for p in prompts]
@@ -257,8 +258,41 @@ class NeutralDrift:
         self.prefix_tokens = [] if prefix is None else list(prefix.tokens)
         self.base_prefix = None if prefix is None else self._base(prefix.logprobs)
         self.base: list[tuple[torch.Tensor, torch.Tensor]] = []   # per batch: p [positions, V], sum p log p
+        # with ``keep_head_inputs``, per batch, what entered the vocabulary projection in the base pass, where
+        # projecting it again gives the pass's numbers bit for bit (what ``scorer_store`` keeps; ``head_inputs``
+        # gives them back); None where it does not
+        self.head_inputs: list[torch.Tensor] | None = (list(head_inputs) if head_inputs is not None
+                                                       else [] if keep_head_inputs else None)
         for number in range(len(self.batches)):
-            self.base.append(self._base(self._logprobs(number, RECORD, prefix)))
+            if head_inputs is not None:
+                self.base.append(self._base(self._projected(number, head_inputs[number])))
+                continue
+            kept: list[torch.Tensor] = []
+            head = model.get_output_embeddings()
+            handle = (head.register_forward_pre_hook(lambda module, args: kept.append(args[0].detach()))
+                      if self.head_inputs is not None else None)
+            try:
+                logp = self._logprobs(number, RECORD, prefix)
+            finally:
+                if handle is not None:
+                    handle.remove()
+            if self.head_inputs is not None and (len(kept) != 1 or not torch.equal(self._projected(number, kept[0]),
+                                                                                     logp)):
+                self.head_inputs = None   # the logits are more than the projection (a softcap, a scale): keep none
+            if self.head_inputs is not None:
+                self.head_inputs.append(kept[0])
+            self.base.append(self._base(logp))
+
+    @torch.no_grad()
+    def _projected(self, number: int, head_input: torch.Tensor) -> torch.Tensor:
+        """:meth:`_logprobs` of the base pass of batch ``number`` from what entered its vocabulary projection."""
+        logits = self.model.get_output_embeddings()(head_input)
+        lengths = [len(self.encoded[i]) - self.shared for i in self.batches[number]]
+        width = logits.shape[1]
+        ran = torch.zeros(len(lengths), width, dtype=torch.bool, device=logits.device)
+        for row, length in enumerate(lengths):
+            ran[row, width - length:] = True
+        return torch.log_softmax(logits[ran].float(), -1)
 
     def serves(self, model, tokenizer, prompts: Sequence[str], batch_size: int, prefix: PrefixPass | None) -> bool:
         """Whether this drift is the one ``NeutralDrift(model, tokenizer, prompts, batch_size, prefix=prefix)`` would
@@ -373,7 +407,7 @@ class HeldOutScorer:
 
     def __init__(self, model, tokenizer, targets: Sequence[tuple[str, str, str | None]], neutral_prompts: Sequence[str],
                  batch_size: int = 16, replay_layers: Sequence[int] = (), share_prefix: bool = True,
-                 branch: bool = True, drift_from: "HeldOutScorer | None" = None):
+                 branch: bool = True, drift_from: "HeldOutScorer | None" = None, store=None):
         if not targets and not neutral_prompts:
             raise ValueError("held-out scoring needs target items or neutral prompts")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
@@ -386,16 +420,64 @@ class HeldOutScorer:
         base_prefix = self._prefix()
         if base_prefix is None:
             self.prefix_tokens = []   # a cache form the shared prefix does not handle: score plain rows
-        self.base_target = self._target_logprobs(RECORD, base_prefix)
-        shared_drift = drift_from.drift_reference if drift_from is not None else None
+        shared_drift = drift_from.drift_reference if drift_from is not None and self.neutral else None
+        if shared_drift is not None and not (
+                shared_drift.serves(model, tokenizer, self.neutral, batch_size, base_prefix)
+                and set(self.replay.layers if self.replay else ()) <= set(getattr(shared_drift.replay, "layers", ()))):
+            shared_drift = None
+        key = store.key(model, self._stored_parts(shared_drift is None)) if store is not None else None
+        own_batches = (len(batch_order([len(encode_prompt(tokenizer, p)) for p in self.neutral], batch_size, True))
+                       if self.neutral and shared_drift is None else 0)
+        stored = self._restored(store.load(key), own_batches) if key is not None else None
+        self.base_target = stored["base_target"] if stored else self._target_logprobs(RECORD, base_prefix)
         if not self.neutral:
             self.drift_reference = None
-        elif (shared_drift is not None and shared_drift.serves(model, tokenizer, self.neutral, batch_size, base_prefix)
-              and set(self.replay.layers if self.replay else ()) <= set(getattr(shared_drift.replay, "layers", ()))):
+        elif shared_drift is not None:
             self.drift_reference = shared_drift
         else:
             self.drift_reference = NeutralDrift(model, tokenizer, self.neutral, batch_size, self.replay,
-                                                prefix=base_prefix)
+                                                prefix=base_prefix, head_inputs=stored["heads"] if stored else None,
+                                                keep_head_inputs=key is not None)
+        if key is not None and stored is None:
+            tensors = self._stored_tensors(shared_drift is None)
+            if tensors is not None:
+                store.save(key, tensors)
+
+    def _stored_parts(self, own_drift: bool) -> dict:
+        """What this scorer's base numbers depend on besides the model and the code (``scorer_store``)."""
+        return {"targets": self._encoded_targets(), "neutral": [encode_prompt(self.tokenizer, p) for p in self.neutral],
+                "paired": self.paired, "batch_size": self.batch_size, "pad": self.tokenizer.pad_token_id,
+                "replay_layers": self.replay.layers if self.replay else [], "prefix": self.prefix_tokens,
+                "branched": self.branched, "own_drift": own_drift}
+
+    def _stored_tensors(self, own_drift: bool) -> dict[str, torch.Tensor] | None:
+        """The base passes' results as named tensors; None when they cannot be kept whole."""
+        tensors = {"base_target": self.base_target}
+        if self.replay is not None:
+            if not self.replay.usable:
+                return None
+            for (tag, number), kept in self.replay.stored.items():
+                tensors.update({f"replay|{tag}|{number}|{layer}": hidden for layer, hidden in kept.items()})
+        if own_drift and self.drift_reference is not None:
+            if self.drift_reference.head_inputs is None:
+                return None
+            tensors.update({f"head|{n}": h for n, h in enumerate(self.drift_reference.head_inputs)})
+        return tensors
+
+    def _restored(self, tensors: dict[str, torch.Tensor] | None, expected_heads: int) -> dict | None:
+        """Stored base passes put back: the replay records into ``self.replay``; returns the base target numbers
+        and the neutral head inputs, or None (nothing stored)."""
+        if tensors is None or "base_target" not in tensors:
+            return None
+        device = next(self.model.parameters()).device
+        heads = sorted((int(name.split("|")[1]), t) for name, t in tensors.items() if name.startswith("head|"))
+        if expected_heads != len(heads):
+            return None
+        for name, hidden in tensors.items():
+            if name.startswith("replay|") and self.replay is not None:
+                _, tag, number, layer = name.split("|")
+                self.replay.stored.setdefault((tag, int(number)), {})[int(layer)] = hidden.to(device)
+        return {"base_target": tensors["base_target"], "heads": [t.to(device) for _, t in heads]}
 
     def _shared_prefix(self) -> list[int]:
         """The tokens every scored prompt starts with (a chat template's header and default system prompt)."""
