@@ -186,7 +186,8 @@ def _compile_options(func):
         click.option("--max-new-tokens", type=click.IntRange(min=1), help="Tokens generated per evaluation prompt."),
         click.option("--quiet", "-q", is_flag=True, callback=_quiet, help="No progress bars."),
         click.option("--no-cache", is_flag=True, help="Compute again what a compile stores for later ones: the "
-                                                      "activation capture and the base model's evaluation results."),
+                                                      "activation capture, the base model's evaluation results and "
+                                                      "the selection scorers' base passes."),
         click.option("--selection-precision", type=click.Choice(SELECTION_PRECISIONS), default=SELECTION_EXACT,
                      show_default=True, help="What calibration and the program search score and generate with: "
                                              "exact = the model as loaded; bf16 = a bfloat16 copy (about 2.4x "
