@@ -270,16 +270,14 @@ def validate_judge(judge: RefusalJudge | None = None, labels=None, source: str |
     judge = judge or RefusalJudge()
     if labels is None:
         key = repr(sorted(judge.describe().items()))
+        labelled = datasets.refusal_judge_labels() if store is not None or key not in _VALIDATIONS else []
+        stored_key = _stored_validation_key(judge, labelled) if store is not None else None
+        stored = store.get(stored_key) if store is not None else None
         if key not in _VALIDATIONS:
-            labelled = datasets.refusal_judge_labels()
-            stored_key = _stored_validation_key(judge, labelled) if store is not None else None
-            stored = store.get(stored_key) if store is not None else None
-            if stored is not None:
-                _VALIDATIONS[key] = JudgeValidation.from_dict(stored)
-            else:
-                _VALIDATIONS[key] = validate_judge(judge, labelled, f"pyrit {datasets.REFUSAL_LABELS_FILE}")
-                if store is not None:
-                    store.put_many([(stored_key, _VALIDATIONS[key].to_dict())])
+            _VALIDATIONS[key] = (JudgeValidation.from_dict(stored) if stored is not None else
+                                 validate_judge(judge, labelled, f"pyrit {datasets.REFUSAL_LABELS_FILE}"))
+        if store is not None and stored is None:   # in the store whether this process judged or remembered it
+            store.put_many([(stored_key, _VALIDATIONS[key].to_dict())])
         return _VALIDATIONS[key]
     labels = list(labels)
     if not labels:

@@ -76,7 +76,7 @@ def test_resume_after_an_interruption_reuses_finished_generations(tmp_path, monk
     with pytest.raises(Interrupted):
         _run(model, tok, adapter, ResultCache(path))
     assert len(generated) == 8
-    assert len(ResultCache(path)) == 8 + 6        # 8 generations and the base arm's 6 KL items
+    assert len(ResultCache(path)) == 8 + 6 + 1    # 8 generations, the base arm's 6 KL items, the judge's validation
 
     generated.clear()
     monkeypatch.setattr(generations, "generate", lambda *a, **k: generated.extend(a[2]) or real_generate(*a, **k))
@@ -115,7 +115,8 @@ def test_only_the_base_arm_is_stored_and_a_second_compile_generates_only_the_ste
     adapter = random_adapter(model, additive_layer=1)
     path = tmp_path / stored_results_name(model)
     first = _run(model, tok, adapter, BaseArmCache(path))
-    assert len(ResultCache(path)) == 6 + 6        # the base arm's 6 generations and 6 KL items, nothing steered
+    assert len(ResultCache(path)) == 6 + 6 + 1    # the base arm's 6 generations and 6 KL items, the judge's
+    #                                               validation; nothing steered
 
     real_generate = generations.generate
     generated: list[str] = []
