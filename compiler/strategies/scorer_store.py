@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ..capture.cache import stored_results_name, stored_results_root
 
@@ -79,7 +79,8 @@ class ScorerBaseStore:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp))
+            # written by an ordinary open(), so the file gets the usual mode (safetensors' own writer makes it 0600)
+            tmp.write_bytes(save({name: t.detach().cpu().contiguous() for name, t in tensors.items()}))
             os.replace(tmp, path)
             self.saved += 1
         except OSError as exc:

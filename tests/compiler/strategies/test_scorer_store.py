@@ -93,3 +93,14 @@ def test_logits_that_are_more_than_the_projection_are_not_stored(tmp_path):
     first, second = _scorer(model, store), _scorer(model, store)
     assert store.saved == 0 and store.loaded == 0 and not list(tmp_path.iterdir())
     assert torch.equal(first.base_target, second.base_target)
+
+
+def test_a_stored_file_gets_the_usual_mode(tmp_path):
+    import os
+    model = tiny_chat_model("llama").double().eval()
+    _scorer(model, ScorerBaseStore(tmp_path, log=lambda line: None))
+    (path,) = tmp_path.glob(f"*{SUFFIX}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporary file left behind
