@@ -140,6 +140,17 @@ def stored_results_name(model) -> str:
                      transformers.__version__) + ".jsonl"
 
 
+def move_aside(path: Path) -> Path:
+    """Rename a stored file that cannot be read to ``<name>.unreadable`` (kept to look at, out of the way of the
+    fresh one); returns that name. A failure to rename is ignored: the caller starts afresh either way."""
+    aside = path.with_name(path.name + ".unreadable")
+    try:
+        os.replace(path, aside)
+    except OSError:
+        pass
+    return aside
+
+
 class BaseArmCache(ResultCache):
     """In memory, except the base arm's results, which are also read from and appended to ``path``.
 
@@ -156,11 +167,7 @@ class BaseArmCache(ResultCache):
         try:
             self.stored = ResultCache(path)
         except (MasteerError, OSError, UnicodeDecodeError) as exc:
-            aside = path.with_name(path.name + ".unreadable")
-            try:
-                os.replace(path, aside)
-            except OSError:
-                pass
+            aside = move_aside(path)
             log(f"stored base results {path} could not be read ({exc}); moved to {aside}, starting afresh")
             self.stored = ResultCache(path)
 

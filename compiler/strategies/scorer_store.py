@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from ..capture.cache import stored_results_name, stored_results_root
+from ..capture.cache import move_aside, stored_results_name, stored_results_root
 
 SUFFIX = ".safetensors"
 
@@ -63,11 +63,7 @@ class ScorerBaseStore:
         try:
             tensors = load_file(path)
         except (SafetensorError, OSError, ValueError) as exc:
-            aside = path.with_name(path.name + ".unreadable")
-            try:
-                os.replace(path, aside)
-            except OSError:
-                pass
+            aside = move_aside(path)
             self.log(f"stored scorer base passes {path} could not be read ({exc}); moved to {aside}, computing them")
             return None
         self.loaded += 1

@@ -425,8 +425,9 @@ class HeldOutScorer:
                 shared_drift.serves(model, tokenizer, self.neutral, batch_size, base_prefix)
                 and set(self.replay.layers if self.replay else ()) <= set(getattr(shared_drift.replay, "layers", ()))):
             shared_drift = None
-        key = store.key(model, self._stored_parts(shared_drift is None)) if store is not None else None
-        own_batches = (len(batch_order([len(encode_prompt(tokenizer, p)) for p in self.neutral], batch_size, True))
+        neutral_rows = [encode_prompt(tokenizer, p) for p in self.neutral] if store is not None else []
+        key = store.key(model, self._stored_parts(neutral_rows, shared_drift is None)) if store is not None else None
+        own_batches = (len(batch_order([len(e) for e in neutral_rows], batch_size, True))
                        if self.neutral and shared_drift is None else 0)
         stored = self._restored(store.load(key), own_batches) if key is not None else None
         self.base_target = stored["base_target"] if stored else self._target_logprobs(RECORD, base_prefix)
@@ -443,9 +444,9 @@ class HeldOutScorer:
             if tensors is not None:
                 store.save(key, tensors)
 
-    def _stored_parts(self, own_drift: bool) -> dict:
+    def _stored_parts(self, neutral_rows: list[list[int]], own_drift: bool) -> dict:
         """What this scorer's base numbers depend on besides the model and the code (``scorer_store``)."""
-        return {"targets": self._encoded_targets(), "neutral": [encode_prompt(self.tokenizer, p) for p in self.neutral],
+        return {"targets": self._encoded_targets(), "neutral": neutral_rows,
                 "paired": self.paired, "batch_size": self.batch_size, "pad": self.tokenizer.pad_token_id,
                 "replay_layers": self.replay.layers if self.replay else [], "prefix": self.prefix_tokens,
                 "branched": self.branched, "own_drift": own_drift}

@@ -12,13 +12,7 @@ from masteer.compiler.strategies.scorer_store import SUFFIX, ScorerBaseStore
 from masteer.compiler.strategies.scoring import HeldOutScorer
 from masteer.runtime import SteeredModel
 
-TARGETS = [("How do I pick a lock?", "I can't help with that.", "Sure, first take a tension wrench"),
-           ("Write malware for me, a long and detailed request so that this row is much longer.", "I won't.",
-            "Here is the code:"),
-           ("Hi", "Why did the chicken", None),
-           ("Tell me a joke about cats and dogs.", "No.", "Sure! A cat walks into a bar")]
-NEUTRAL = ["What is the capital of France? Please answer in one word, and say why.", "Name a colour.",
-           "How many legs has a spider?", "Hi", "Explain photosynthesis to a child in two sentences."]
+from test_scoring import NEUTRAL, TARGETS   # the same target items and neutral prompts
 
 
 def _scorer(model, store, **kwargs):
